@@ -1,0 +1,110 @@
+# Everything that is not a rule: config validation, paths, case lists and the input functions of the rules.
+
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+validate(config, schema="../config/schema.yaml")
+
+# The rule scripts import the segflow package from workflow_scripts/; so does this file, for case lists.
+WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
+sys.path.insert(0, str(WORKFLOW_SCRIPTS))
+
+from segflow.selection import cases_in_split, read_selection  # noqa: E402
+from segflow.sources import list_cases  # noqa: E402
+
+RESULTS = Path(config["results_dir"])
+LOGS = RESULTS / "logs"
+BENCHMARKS = RESULTS / "benchmarks"
+ROUNDS = list(range(config["train"]["rounds"]))
+CASES = list_cases(config["dataset"], config["seed"])
+
+
+wildcard_constraints:
+    case=r"[A-Za-z0-9][A-Za-z0-9_.\-]*",
+    round=r"\d+",
+
+
+def result(*parts):
+    """A path under results_dir, as a string for rule declarations."""
+    return str(RESULTS.joinpath(*parts))
+
+
+def log_path(rule_name, *parts):
+    return str(LOGS.joinpath(rule_name, *parts))
+
+
+def benchmark_path(rule_name, *parts):
+    return str(BENCHMARKS.joinpath(rule_name, *parts))
+
+
+def library(*modules):
+    """Library modules a rule's result depends on. Snakemake tracks a rule's script but not what it imports,
+    so these are inputs: editing a module reruns exactly the rules that use it."""
+    paths = [WORKFLOW_SCRIPTS / "segflow" / f"{name}.py" for name in modules]
+    return [_relative_if_inside(p) for p in paths]
+
+
+def _relative_if_inside(path):
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def source_modules():
+    """The library modules that import cases from the configured source."""
+    source = config["dataset"]["source"]
+    source_module = {"kits23": "sources/kits", "kits19": "sources/kits"}.get(source, f"sources/{source}")
+    return library("io", "sources/__init__", source_module)
+
+
+# --- case lists -------------------------------------------------------------------------------------------------
+
+
+def selection_table():
+    """The selection table; reading it makes the caller depend on the select_cases checkpoint."""
+    return read_selection(checkpoints.select_cases.get().output.table)
+
+
+def get_selected_cases(split=None):
+    return cases_in_split(selection_table(), split)
+
+
+# --- input functions --------------------------------------------------------------------------------------------
+
+
+def get_inspections(wildcards):
+    return expand(result("inspect", "{case}.json"), case=CASES)
+
+
+def get_trainval_preprocessed(wildcards):
+    return expand(result("preprocessed", "{case}"), case=get_selected_cases("trainval"))
+
+
+def get_previous_round_model(wildcards):
+    """Round r > 0 starts from round r-1's best checkpoint, so that file is an input of round r."""
+    round_index = int(wildcards.round)
+    return [result("train", f"round_{round_index - 1}", "model_best.pt")] if round_index > 0 else []
+
+
+def get_test_predictions(wildcards):
+    return expand(result("predictions", "{case}.nii.gz"), case=get_selected_cases("test"))
+
+
+def get_test_scores(wildcards):
+    return expand(result("scores", "cases", "{case}.json"), case=get_selected_cases("test"))
+
+
+def get_report_case_files(wildcards):
+    cases = get_selected_cases("test")
+    return {
+        "images": expand(result("raw", "{case}", "imaging.nii.gz"), case=cases),
+        "references": expand(result("raw", "{case}", "segmentation.nii.gz"), case=cases),
+        "predictions": expand(result("predictions", "{case}.nii.gz"), case=cases),
+    }
+
+
+def get_final_outputs():
+    return [result("report", "report.html")]

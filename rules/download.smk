@@ -1,0 +1,21 @@
+rule download_case:
+    output:
+        image=result("raw", "{case}", "imaging.nii.gz"),
+        segmentation=result("raw", "{case}", "segmentation.nii.gz"),
+    input:
+        library=source_modules(),
+    params:
+        dataset=config["dataset"],
+        seed=config["seed"],
+    log:
+        log_path("download_case", "{case}.log"),
+    benchmark:
+        benchmark_path("download_case", "{case}.tsv")
+    retries: 2  # network hiccups; the downloader itself also retries and resumes
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=60,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/download_case.py"

@@ -1,0 +1,25 @@
+rule render_report:
+    output:
+        report(result("report", "report.html"), caption="../report/report.rst", category="Report"),
+    input:
+        unpack(get_report_case_files),
+        selection=result("selection", "cases.tsv"),
+        metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
+        curves=expand(result("train", "round_{round}", "curves.png"), round=ROUNDS),
+        best=result("train", "best.json"),
+        scores=result("scores", "scores.tsv"),
+        summary=result("scores", "summary.json"),
+        library=library("io", "report"),
+    params:
+        config=config,
+    log:
+        log_path("render_report", "render_report.log"),
+    benchmark:
+        benchmark_path("render_report", "render_report.tsv")
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=20,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../workflow_scripts/render_report.py"

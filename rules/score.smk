@@ -1,0 +1,40 @@
+rule score_case:
+    output:
+        result("scores", "cases", "{case}.json"),
+    input:
+        prediction=result("predictions", "{case}.nii.gz"),
+        reference=result("raw", "{case}", "segmentation.nii.gz"),
+        library=library("io", "metrics", "score"),
+    params:
+        score=config["score"],
+    log:
+        log_path("score_case", "{case}.log"),
+    benchmark:
+        benchmark_path("score_case", "{case}.tsv")
+    resources:
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=20,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/score_case.py"
+
+
+rule aggregate_scores:
+    output:
+        table=report(result("scores", "scores.tsv"), caption="../report/scores.rst", category="Scores"),
+        summary=result("scores", "summary.json"),
+    input:
+        scores=get_test_scores,
+        library=library("io", "score"),
+    log:
+        log_path("aggregate_scores", "aggregate_scores.log"),
+    benchmark:
+        benchmark_path("aggregate_scores", "aggregate_scores.tsv")
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/aggregate_scores.py"

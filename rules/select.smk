@@ -1,0 +1,24 @@
+checkpoint select_cases:
+    output:
+        table=report(
+            result("selection", "cases.tsv"),
+            caption="../report/selection.rst",
+            category="Data",
+        ),
+    input:
+        inspections=get_inspections,
+        library=library("io", "selection", "seeding"),
+    params:
+        selection=config["selection"],
+        seed=config["seed"],
+    log:
+        log_path("select_cases", "select_cases.log"),
+    benchmark:
+        benchmark_path("select_cases", "select_cases.tsv")
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/data.yaml"
+    script:
+        "../workflow_scripts/select_cases.py"

@@ -1,0 +1,54 @@
+rule train_round:
+    output:
+        model_best=result("train", "round_{round}", "model_best.pt"),
+        model_last=result("train", "round_{round}", "model_last.pt"),
+        metrics=result("train", "round_{round}", "metrics.csv"),
+        split=result("train", "round_{round}", "split.json"),
+        curves=report(
+            result("train", "round_{round}", "curves.png"),
+            caption="../report/curves.rst",
+            category="Training",
+            subcategory="Round {round}",
+        ),
+    input:
+        cases=get_trainval_preprocessed,
+        selection=result("selection", "cases.tsv"),
+        init=get_previous_round_model,
+        library=library("io", "seeding", "data", "preprocess", "models", "losses", "train"),
+    params:
+        train=config["train"],
+        seed=config["seed"],
+    log:
+        log_path("train_round", "round_{round}.log"),
+    benchmark:
+        benchmark_path("train_round", "round_{round}.tsv")
+    threads: 2
+    resources:
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=240,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/train_round.py"
+
+
+rule select_model:
+    output:
+        best=result("train", "best.pt"),
+        summary=result("train", "best.json"),
+        rounds=report(result("train", "rounds.tsv"), caption="../report/rounds.rst", category="Training"),
+    input:
+        metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
+        models=expand(result("train", "round_{round}", "model_best.pt"), round=ROUNDS),
+        library=library("io", "train"),
+    log:
+        log_path("select_model", "select_model.log"),
+    benchmark:
+        benchmark_path("select_model", "select_model.tsv")
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../workflow_scripts/select_model.py"

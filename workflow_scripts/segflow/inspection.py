@@ -1,0 +1,100 @@
+"""Per-case inspection: geometry, intensity range and label content of one raw case, and what is wrong with it.
+
+Inspection never raises on bad data: every problem becomes a line in ``problems`` and the selection stage turns it
+into the reason the case is left out (or, with ``selection.strict``, one failure listing every bad case).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+AFFINE_TOLERANCE = 1e-3  # mm; converters round differently, real mismatches are far larger
+
+
+def slice_axis(affine: np.ndarray) -> int:
+    """The voxel axis that runs closest to the patient's head-foot (world z) direction."""
+    directions = np.abs(np.asarray(affine)[:3, :3])
+    return int(np.argmax(directions[2] / np.maximum(np.linalg.norm(directions, axis=0), 1e-12)))
+
+
+def inspect_case(case_id: str, image_path: str | Path, seg_path: str | Path, allowed_labels) -> dict:
+    """Return a JSON-ready summary of one case: figures when readable, and ``problems`` (empty when fine)."""
+    report: dict = {"case_id": case_id, "problems": []}
+    image = _load(image_path, "image", report)
+    seg = _load(seg_path, "segmentation", report)
+    if image is not None:
+        _describe_image(image, report)
+    if seg is not None:
+        _describe_labels(seg, allowed_labels, report)
+    if image is not None and seg is not None:
+        _compare_grids(image, seg, report)
+    report["ok"] = not report["problems"]
+    return report
+
+
+def _load(path, what: str, report: dict):
+    import nibabel as nib
+
+    try:
+        volume = nib.load(str(path))
+        data = np.asanyarray(volume.dataobj)  # reads (and inflates) the whole file: catches truncation
+    except Exception as error:  # nibabel, gzip and zlib raise many types for a damaged file
+        report["problems"].append(f"{what} unreadable ({Path(path).name}: {type(error).__name__}: {error})")
+        return None
+    return volume, data
+
+
+def _describe_image(image, report: dict) -> None:
+    volume, data = image
+    report["shape"] = [int(n) for n in data.shape]
+    zooms = volume.header.get_zooms()
+    report["spacing"] = [round(float(z), 6) for z in zooms[:3]]
+    report["affine"] = np.asarray(volume.affine).round(6).tolist()
+    if data.ndim != 3:
+        report["problems"].append(f"image is {data.ndim}D with shape {list(data.shape)}, expected 3D")
+        return
+    axis = slice_axis(volume.affine)
+    report["slice_axis"] = axis
+    report["n_slices"] = int(data.shape[axis])
+    finite = np.isfinite(data) if data.dtype.kind == "f" else None
+    if finite is not None and not finite.all():
+        report["problems"].append(f"image has {int((~finite).sum())} NaN or infinite voxels")
+        data = data[finite]
+    report["hu_min"] = float(data.min()) if data.size else None
+    report["hu_max"] = float(data.max()) if data.size else None
+
+
+def _describe_labels(seg, allowed_labels, report: dict) -> None:
+    _, data = seg
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            report["problems"].append("segmentation has NaN or infinite voxels")
+            return
+        if not np.array_equal(data, np.round(data)):
+            report["problems"].append("segmentation has non-integer values")
+            return
+    values, counts = np.unique(data, return_counts=True)
+    report["label_values"] = [int(v) for v in values]
+    report["label_voxels"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+    unexpected = sorted(set(report["label_values"]) - set(int(v) for v in allowed_labels))
+    if unexpected:
+        report["problems"].append(f"segmentation has label values {unexpected} outside {sorted(allowed_labels)}")
+    if all(v == 0 for v in report["label_values"]):
+        report["problems"].append("segmentation is empty (only background)")
+
+
+def _compare_grids(image, seg, report: dict) -> None:
+    (image_volume, image_data), (seg_volume, seg_data) = image, seg
+    if image_data.shape != seg_data.shape:
+        report["problems"].append(
+            f"image shape {list(image_data.shape)} differs from segmentation shape {list(seg_data.shape)}"
+        )
+        return
+    difference = float(np.abs(np.asarray(image_volume.affine) - np.asarray(seg_volume.affine)).max())
+    if difference > AFFINE_TOLERANCE:
+        report["problems"].append(f"image and segmentation affines differ (max difference {difference:.4g})")

@@ -1,0 +1,62 @@
+"""Scoring of predictions against references: per case (KiTS regions and labels) and aggregated."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from segflow import metrics
+from segflow.io import write_json, write_table
+
+log = logging.getLogger(__name__)
+
+
+def score_files(pred_path, ref_path, score_cfg: dict) -> dict:
+    """Scores of one case; the grids must match exactly (a clear error naming both files otherwise)."""
+    import nibabel as nib
+
+    pred, ref = nib.load(str(pred_path)), nib.load(str(ref_path))
+    metrics.check_same_grid(pred.shape, pred.affine, ref.shape, ref.affine, str(pred_path), str(ref_path))
+    spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
+    regions = {name: tuple(labels) for name, labels in score_cfg["regions"].items()}
+    tolerances = dict(metrics.KITS_TOLERANCES_MM)
+    tolerances.update(score_cfg.get("tolerances_mm", {}))
+    return metrics.score_case(
+        np.asarray(pred.dataobj), np.asarray(ref.dataobj), spacing, regions, dict(score_cfg["labels"]), tolerances
+    )
+
+
+def aggregate(score_paths: list[Path], case_ids: list[str], scores_tsv, summary_json) -> pd.DataFrame:
+    """One row per case in ``scores_tsv``; mean, median, std and min per column in ``summary_json``."""
+    import json
+
+    rows = []
+    for case_id, path in zip(case_ids, score_paths):
+        with open(path) as handle:
+            rows.append({"case_id": case_id, **json.load(handle)["scores"]})
+    table = pd.DataFrame(rows)
+    first = ["case_id"] + [c for c in table.columns if c.startswith("dice_")]
+    table = table[first + [c for c in table.columns if c not in first]]
+    numeric = table.drop(columns="case_id").astype(float)
+    summary = {
+        column: {
+            "mean": _finite(numeric[column].mean()),
+            "median": _finite(numeric[column].median()),
+            "std": _finite(numeric[column].std(ddof=0)),
+            "min": _finite(numeric[column].min()),
+            "n": int(numeric[column].notna().sum()),
+        }
+        for column in numeric.columns
+    }
+    write_table(scores_tsv, table)
+    write_json(summary_json, {"n_cases": len(table), "metrics": summary})
+    return table
+
+
+def _finite(value) -> float | None:
+    """NaN (e.g. HD95 where one mask is empty) is skipped by pandas; an all-NaN column becomes null in JSON."""
+    value = float(value)
+    return None if np.isnan(value) else value
