@@ -56,8 +56,13 @@ def _relative_if_inside(path):
 def source_modules():
     """The library modules that import cases from the configured source."""
     source = config["dataset"]["source"]
-    source_module = {"kits23": "sources/kits", "kits19": "sources/kits"}.get(source, f"sources/{source}")
-    return library("io", "sources/__init__", source_module)
+    modules = {
+        "synthetic": ["sources/synthetic"],
+        "kits23": ["sources/kits", "sources/common", "download"],
+        "kits19": ["sources/kits", "sources/common", "download"],
+        "local": ["sources/local", "sources/common", "download"],
+    }.get(source, [f"sources/{source}", "sources/common"])
+    return library("io", "sources/__init__", *modules)
 
 
 # --- case lists -------------------------------------------------------------------------------------------------

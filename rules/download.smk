@@ -11,7 +11,6 @@ rule download_case:
         log_path("download_case", "{case}.log"),
     benchmark:
         benchmark_path("download_case", "{case}.tsv")
-    retries: 2  # network hiccups; the downloader itself also retries and resumes
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=60,

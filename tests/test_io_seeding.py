@@ -40,3 +40,10 @@ def test_derived_seeds_depend_on_purpose_not_order():
     assert derive_seed(1, "split", 0) != derive_seed(1, "split", 1)
     assert derive_seed(1, "split", 0) != derive_seed(2, "split", 0)
     assert np.array_equal(rng_for(5, "x").permutation(10), rng_for(5, "x").permutation(10))
+
+
+def test_outputs_get_the_usual_permissions_not_mkstemp_0600(tmp_path):
+    write_json(tmp_path / "a.json", {})
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -79,6 +79,8 @@ def test_foreground_box_with_and_without_body():
     volume[2:5, 3:9, 1] = 0
     assert foreground_box(volume, -500, 1) == (slice(1, 6), slice(2, 10))
     assert foreground_box(np.full((4, 4, 2), -1000.0), -500, 1) == (slice(0, 4), slice(0, 4))
+    volume[0:3, 10:12, 0] = 0  # body touching the image edge: the margin is clipped, never negative
+    assert foreground_box(volume, -500, 2) == (slice(0, 7), slice(1, 12))
 
 
 def test_failed_preprocessing_leaves_no_output(tmp_path):

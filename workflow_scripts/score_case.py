@@ -1,6 +1,7 @@
 """Rule score_case: metrics of one prediction against its reference segmentation."""
 
 import logging
+import math
 
 from segflow.io import write_json
 from segflow.logs import run_logged
@@ -10,6 +11,8 @@ from segflow.score import score_files
 def main(smk):
     scores = score_files(smk.input.prediction, smk.input.reference, smk.params.score)
     logging.info("%s: %s", smk.wildcards.case, {k: round(v, 4) for k, v in scores.items() if k.startswith("dice_")})
+    # NaN (HD95 when exactly one mask is empty) becomes null: strict JSON has no NaN.
+    scores = {name: (None if math.isnan(value) else value) for name, value in scores.items()}
     write_json(smk.output[0], {"case_id": smk.wildcards.case, "scores": scores})
 
 

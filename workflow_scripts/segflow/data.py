@@ -33,7 +33,10 @@ class SliceDataset(torch.utils.data.Dataset):
             "label": torch.from_numpy(np.array(label[z], dtype=np.int64))[None],
         }
         if self.transform is not None:
+            # Spatial augmentations return float MetaTensors; hand plain tensors with integer labels onwards.
             sample = self.transform(sample)
+            sample["image"] = _plain(sample["image"]).float()
+            sample["label"] = _plain(sample["label"]).round().long()
         sample["case"] = case
         sample["slice"] = z
         return sample
@@ -42,6 +45,10 @@ class SliceDataset(torch.utils.data.Dataset):
         """Per item: does the slice contain any foreground label."""
         flags = [np.asarray(label).reshape(label.shape[0], -1).max(axis=1) > 0 for _, label in self.cases]
         return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+
+
+def _plain(tensor) -> torch.Tensor:
+    return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 
 def build_augmentation(cfg: dict):

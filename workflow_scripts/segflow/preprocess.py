@@ -57,9 +57,12 @@ def foreground_box(hu_image: np.ndarray, threshold: float, margin: int) -> tuple
     from monai.transforms.utils import generate_spatial_bounding_box
 
     projection = (hu_image > threshold).any(axis=-1)[None]
-    start, end = generate_spatial_bounding_box(projection, margin=margin)
+    start, end = generate_spatial_bounding_box(projection, margin=margin, allow_smaller=True)
     if any(e <= s for s, e in zip(start, end)):  # nothing above threshold: keep the whole plane
         start, end = [0, 0], list(hu_image.shape[:2])
+    # The margin must never reach past the image: a negative start would silently wrap around in slicing.
+    start = [max(0, int(s)) for s in start]
+    end = [min(n, int(e)) for n, e in zip(hu_image.shape[:2], end)]
     return slice(int(start[0]), int(end[0])), slice(int(start[1]), int(end[1]))
 
 

@@ -40,7 +40,7 @@ def aggregate(score_paths: list[Path], case_ids: list[str], scores_tsv, summary_
     table = pd.DataFrame(rows)
     first = ["case_id"] + [c for c in table.columns if c.startswith("dice_")]
     table = table[first + [c for c in table.columns if c not in first]]
-    numeric = table.drop(columns="case_id").astype(float)
+    numeric = table.drop(columns="case_id").astype(float)  # null (undefined HD95) becomes NaN
     summary = {
         column: {
             "mean": _finite(numeric[column].mean()),
