@@ -19,6 +19,9 @@ LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 ROUNDS = list(range(config["train"]["rounds"]))
 CASES = list_cases(config["dataset"], config["seed"])
+# What a case's content depends on: the dataset config minus the keys that only choose which cases exist, so
+# that adding cases does not change (and rerun) the import of the ones already there.
+CASE_IMPORT_PARAMS = {key: value for key, value in config["dataset"].items() if key not in ("n_cases", "cases")}
 
 
 wildcard_constraints:

@@ -5,7 +5,7 @@ rule download_case:
     input:
         library=source_modules(),
     params:
-        dataset=config["dataset"],
+        dataset=CASE_IMPORT_PARAMS,
         seed=config["seed"],
     log:
         log_path("download_case", "{case}.log"),

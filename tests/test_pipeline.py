@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workflow import copy_workflow, snakemake
+from workflow import snakemake
 
 RULES = [
     "download_case", "inspect_case", "select_cases", "preprocess_case", "train_round",
@@ -16,11 +16,9 @@ RULES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = copy_workflow(tmp_path_factory.mktemp("pipeline"))
-    snakemake(workdir)
-    return workdir
+@pytest.fixture
+def finished_run(tiny_run):
+    return tiny_run
 
 
 def test_selection_table_drops_cases_outside_the_filters(finished_run):

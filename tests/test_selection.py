@@ -40,6 +40,9 @@ def test_split_is_seeded_and_by_patient():
     assert first == again
     assert sum(v == "test" for v in first.values()) == 5
     assert split_patients(patients, 0.25, 4) != first
+    # Adding a patient moves at most one existing patient across the boundary.
+    grown = split_patients(patients + ["p20"], 0.25, 3)
+    assert sum(grown[p] != first[p] for p in patients) <= 1
     table = select_cases([report(c) for c in ["case1_day1", "case1_day2", "case2_day1", "case3_day1"]], SELECTION, 1)
     splits = dict(zip(table["case_id"], table["split"]))
     assert splits["case1_day1"] == splits["case1_day2"]

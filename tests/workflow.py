@@ -33,3 +33,36 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
     if check and process.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{process.stdout[-4000:]}\n{process.stderr[-6000:]}")
     return process
+
+
+def clone_run(finished: Path, destination: Path) -> Path:
+    """Copy a finished run, timestamps and Snakemake's metadata included, so a test can change it freely."""
+    shutil.copytree(finished, destination, symlinks=True, copy_function=shutil.copy2)
+    return destination
+
+
+def planned_jobs(dry_run_output: str) -> dict[str, int]:
+    """Job counts per rule from the 'Job stats' table of a dry run (empty when nothing is to be done)."""
+    counts: dict[str, int] = {}
+    lines = dry_run_output.splitlines()
+    if "Job stats:" not in lines:
+        return counts
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def jobs_run(run_output: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) for every job a real run executed, read from Snakemake's job headers."""
+    jobs, rule = [], None
+    for line in run_output.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("rule ", "checkpoint ", "localrule ", "localcheckpoint ")) and stripped.endswith(":"):
+            rule = stripped.split()[1].rstrip(":")
+            jobs.append((rule, ""))
+        elif stripped.startswith("wildcards:") and jobs:
+            jobs[-1] = (jobs[-1][0], stripped.removeprefix("wildcards:").strip())
+    return jobs

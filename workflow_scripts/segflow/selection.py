@@ -12,7 +12,7 @@ import re
 
 import pandas as pd
 
-from segflow.seeding import rng_for
+from segflow.seeding import derive_seed
 
 FIRST_COLUMNS = ["case_id", "selected", "reason", "split", "patient_id"]
 FIGURE_COLUMNS = ["n_slices", "hu_min", "hu_max", "shape", "spacing", "label_values"]
@@ -43,13 +43,18 @@ def rejection_reason(report: dict, max_slices: int, hu_min: float, hu_max: float
 
 
 def split_patients(patients: list[str], test_fraction: float, seed: int) -> dict[str, str]:
-    """Seeded patient-level split; at least one test and one trainval patient whenever there are two or more."""
+    """Seeded patient-level split; at least one test and one trainval patient whenever there are two or more.
+
+    Patients are ranked by a hash of (seed, patient) and the first ``test_fraction`` go to test. Unlike a
+    permutation of the list, the ranking of existing patients does not change when cases are added, so a new case
+    moves at most one patient across the boundary instead of reshuffling the whole test set.
+    """
     unique = sorted(set(patients))
-    order = rng_for(seed, "test_split").permutation(len(unique))
+    order = sorted(unique, key=lambda patient: derive_seed(seed, "test_split", patient))
     n_test = int(math.floor(test_fraction * len(unique) + 0.5))
     if len(unique) >= 2 and test_fraction > 0:
         n_test = min(max(n_test, 1), len(unique) - 1)
-    test = {unique[i] for i in order[:n_test]}
+    test = set(order[:n_test])
     return {p: ("test" if p in test else "trainval") for p in unique}
 
 
