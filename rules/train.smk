@@ -40,14 +40,20 @@ rule select_model:
     input:
         metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
         models=expand(result("train", "round_{round}", "model_best.pt"), round=ROUNDS),
-        library=library("io", "train"),
+        cases=get_trainval_preprocessed,
+        selection=result("selection", "cases.tsv"),
+        library=library("io", "seeding", "data", "preprocess", "models", "losses", "train", "predict"),
+    params:
+        train=config["train"],
+        seed=config["seed"],
     log:
         log_path("select_model", "select_model.log"),
     benchmark:
         benchmark_path("select_model", "select_model.tsv")
+    threads: 2
     resources:
-        mem_mb=2000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        runtime=30,
     conda:
         "../envs/torch.yaml"
     script:

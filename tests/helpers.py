@@ -25,3 +25,14 @@ def write_case(folder: Path, shape=(24, 20, 8), spacing=(2.0, 2.0, 5.0), labels=
     save_nifti(folder / "imaging.nii.gz", image, affine)
     save_nifti(folder / "segmentation.nii.gz", seg, affine)
     return folder / "imaging.nii.gz", folder / "segmentation.nii.gz"
+
+
+def config_with_defaults(overrides: dict | None = None) -> dict:
+    """A full config: ``overrides`` with every other key filled from config/schema.yaml, as the Snakefile does."""
+    import copy
+
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(overrides or {})
+    validate(config, str(Path(__file__).resolve().parents[1] / "config" / "schema.yaml"))
+    return config

@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import write_case
+from helpers import config_with_defaults, write_case
 from segflow.data import SliceDataset, build_augmentation, epoch_indices
-from segflow.losses import build_loss
-from segflow.models import build_model
+from segflow.losses import LOSSES, build_loss
+from segflow.models import MODELS, build_model
 from segflow.predict import predict_slices
 from segflow.preprocess import preprocess_case
 from segflow.train import RoundOutputs, round_split, select_best_round, train_round
@@ -15,13 +15,15 @@ PRE = {
     "format": "npy", "orientation": "RAS", "spacing": None, "crop_foreground": True, "body_threshold": -500,
     "crop_margin": 1, "window": [-79, 304], "gamma": 1.5, "size": [32, 32],
 }
-TRAIN = {
-    "model": "unet", "channels": [4, 8], "num_res_units": 0, "dropout": 0.0, "loss": "dice_ce", "epochs": 2,
-    "batch_size": 4, "lr": 0.01, "weight_decay": 0.0, "grad_clip": 12.0, "patience": 5, "val_fraction": 0.5,
-    "samples_per_epoch": 8, "foreground_fraction": 0.5, "device": "cpu", "num_workers": 0,
-    "augment": {"enabled": True, "flip_prob": 0.5, "affine_prob": 0.5, "rotate_degrees": 10, "scale_range": 0.1,
-                "intensity_prob": 0.3, "contrast_range": 0.1, "brightness_range": 0.05},
-}
+TRAIN = config_with_defaults(
+    {
+        "train": {
+            "model": "unet", "channels": [4, 8], "num_res_units": 0, "epochs": 2, "batch_size": 4, "lr": 0.01,
+            "weight_decay": 0.0, "patience": 5, "val_fraction": 0.5, "samples_per_epoch": 8,
+            "foreground_fraction": 0.5, "device": "cpu", "holdout_fraction": 0.0,
+        }
+    }
+)["train"]
 
 
 def test_round_split_rotates_patient_folds():
@@ -57,12 +59,25 @@ def test_slice_dataset_and_augmentation(tmp_path):
     assert dataset.foreground_mask().tolist() == [False, False, True, True, True, True, False, False]
 
 
-@pytest.mark.parametrize("name", ["unet"])
-def test_model_and_loss_take_a_step(name):
-    model = build_model({**TRAIN, "model": name}, n_classes=4)
-    loss = build_loss(TRAIN)(model(torch.rand(2, 1, 32, 32)), torch.randint(0, 4, (2, 1, 32, 32)))
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_takes_a_training_step(name):
+    model = build_model({**TRAIN, "model": name, "channels": [8, 16, 32, 64]}, n_classes=4)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = build_loss(TRAIN)(model(torch.rand(2, 1, 64, 64)), torch.randint(0, 4, (2, 1, 64, 64)))
     loss.backward()
+    optimiser.step()
     assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_loss_takes_a_training_step(name):
+    cfg = {**TRAIN, "loss": name, "loss_weights": {"dice": 0.4, "focal": 0.6}, "focal_alpha": 0.25}
+    model = build_model(TRAIN, n_classes=4)
+    loss = build_loss(cfg)(model(torch.rand(2, 1, 32, 32)), torch.randint(0, 4, (2, 1, 32, 32)))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
 
 
 def make_cases(tmp_path, n=4):
@@ -101,3 +116,32 @@ def test_rounds_chain_and_are_reproducible(tmp_path):
     model.load_state_dict(torch.load(first.model_best, weights_only=False)["model"])
     labels = predict_slices(model.eval(), np.random.rand(5, 32, 32).astype(np.float32), 2, torch.device("cpu"))
     assert labels.shape == (5, 32, 32) and labels.dtype == np.uint8
+
+
+def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
+    import logging
+
+    from segflow.train import evaluate_on_holdout, holdout_patients
+
+    dirs = make_cases(tmp_path, n=6)
+    patients = {c: c for c in dirs}
+    cfg = {**TRAIN, "holdout_fraction": 0.2, "hard_slice_boost": 2.0, "epochs": 1}
+    held_out = holdout_patients(list(patients.values()), cfg["holdout_fraction"], 3)
+    assert len(held_out) == 1
+    outputs = []
+    with caplog.at_level(logging.INFO, logger="segflow.train"):
+        for r in range(3):
+            outputs.append(outputs_in(tmp_path / f"round_{r}"))
+            init = outputs[r - 1].model_best if r else None
+            train_round(dirs, patients, r, cfg, 3, outputs[r], init_checkpoint=init)
+    assert f"round 2 starts from {outputs[1].model_best}" in caplog.text
+    assert "hard-slice oversampling" in caplog.text
+    for out in outputs:  # the holdout patient is never trained or validated on
+        split = pd.read_json(out.split, typ="series")
+        assert not held_out & set(split["train"] + split["val"]) and split["holdout"] == sorted(held_out)
+    models = [o.model_best for o in outputs]
+    holdout = evaluate_on_holdout(models, [dirs[c] for c in sorted(held_out)], cfg)
+    choice = select_best_round([o.metrics for o in outputs], models, holdout, "fixed_dice")
+    table = choice["table"]
+    assert list(table["round"]) == [0, 1, 2] and table["fixed_val_dice"].between(0, 1).all()
+    assert choice["round"] == int(table.loc[table["fixed_val_dice"].idxmax(), "round"])

@@ -1,16 +1,25 @@
-"""Rule select_model: keep the round with the lowest validation loss."""
+"""Rule select_model: compare every round on the fixed holdout and keep the best round."""
 
 import logging
 import shutil
+from pathlib import Path
 
 from segflow.io import atomic_path, write_json, write_table
 from segflow.logs import run_logged
-from segflow.train import select_best_round
+from segflow.selection import read_selection
+from segflow.train import evaluate_on_holdout, holdout_patients, select_best_round
 
 
 def main(smk):
-    choice = select_best_round(list(smk.input.metrics), list(smk.input.models))
-    logging.info("selected round %d (val loss %.4f)", choice["round"], choice["val_loss"])
+    cfg = smk.params.train
+    table = read_selection(smk.input.selection).set_index("case_id")
+    case_dirs = {Path(d).name: Path(d) for d in smk.input.cases}
+    held_out = holdout_patients([table.loc[c, "patient_id"] for c in case_dirs], cfg["holdout_fraction"], smk.params.seed)
+    holdout_dirs = [d for c, d in sorted(case_dirs.items()) if table.loc[c, "patient_id"] in held_out]
+    logging.info("fixed holdout: %s", [d.name for d in holdout_dirs] or "none (train.holdout_fraction is 0)")
+    holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads)
+    choice = select_best_round(list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"])
+    logging.info("selected round %d by %s (val loss %.4f)", choice["round"], choice["select_by"], choice["val_loss"])
     with atomic_path(smk.output.best) as tmp:
         shutil.copyfile(choice["checkpoint"], tmp)
     write_table(smk.output.rounds, choice["table"])

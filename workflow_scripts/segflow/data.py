@@ -41,6 +41,14 @@ class SliceDataset(torch.utils.data.Dataset):
         sample["slice"] = z
         return sample
 
+    def untransformed(self, item: int) -> dict:
+        """The slice without augmentation (for scoring slices, e.g. hard-slice oversampling)."""
+        transform, self.transform = self.transform, None
+        try:
+            return self[item]
+        finally:
+            self.transform = transform
+
     def foreground_mask(self) -> np.ndarray:
         """Per item: does the slice contain any foreground label."""
         flags = [np.asarray(label).reshape(label.shape[0], -1).max(axis=1) > 0 for _, label in self.cases]
@@ -74,18 +82,27 @@ def build_augmentation(cfg: dict):
     )
 
 
-def epoch_indices(foreground: np.ndarray, n_samples: int, foreground_fraction: float, rng) -> np.ndarray:
+def epoch_indices(foreground: np.ndarray, n_samples: int, foreground_fraction: float, rng, weights=None) -> np.ndarray:
     """Draw ``n_samples`` slice indices, a ``foreground_fraction`` share from slices that contain labels.
 
-    Most CT slices show no kidney; without this the network mostly learns to predict background.
+    Most CT slices show no kidney; without this the network mostly learns to predict background. ``weights``
+    (one per slice) make some slices likelier within their group, e.g. those the previous round got wrong.
     """
     fg = np.flatnonzero(foreground)
     bg = np.flatnonzero(~foreground)
     n_fg = int(round(n_samples * foreground_fraction)) if len(fg) else 0
     n_bg = n_samples - n_fg if len(bg) else 0
     n_fg = n_samples - n_bg if len(fg) else n_fg
-    picks = [rng.choice(fg, n_fg, replace=n_fg > len(fg)) if n_fg else np.zeros(0, int)]
-    picks.append(rng.choice(bg, n_bg, replace=n_bg > len(bg)) if n_bg else np.zeros(0, int))
-    order = np.concatenate(picks)
+    order = np.concatenate([_draw(fg, n_fg, rng, weights), _draw(bg, n_bg, rng, weights)])
     rng.shuffle(order)
     return order
+
+
+def _draw(candidates: np.ndarray, n: int, rng, weights) -> np.ndarray:
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    p = None
+    if weights is not None:
+        p = np.asarray(weights, dtype=float)[candidates]
+        p = p / p.sum()
+    return rng.choice(candidates, n, replace=n > len(candidates) or p is not None, p=p)

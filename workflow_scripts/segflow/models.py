@@ -1,32 +1,77 @@
-"""Segmentation networks by name, all from MONAI, all 2D (slices) with one input channel."""
+"""Segmentation networks by name, all from MONAI, all 2D (slices) with one input channel.
+
+``train.channels`` sets the width per level and its length sets the depth, for every model that has levels
+(``efficientnet_unet`` takes its encoder from the backbone and uses ``channels`` for the decoder).
+"""
 
 from __future__ import annotations
 
 import torch
 
+MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet")
+
+
+class FirstOutput(torch.nn.Module):
+    """BasicUNetPlusPlus returns a list of outputs (deep supervision heads); training uses the full-resolution one."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)[0]
+
 
 def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
     """Build ``cfg['model']`` with ``n_classes`` output channels (background included)."""
+    from monai.networks import nets
+
     name = cfg["model"]
     channels = tuple(int(c) for c in cfg["channels"])
+    strides = (2,) * (len(channels) - 1)
+    dropout = float(cfg.get("dropout", 0.0))
     if name == "unet":
-        from monai.networks.nets import UNet
-
-        return UNet(
-            spatial_dims=2,
-            in_channels=1,
-            out_channels=n_classes,
-            channels=channels,
-            strides=(2,) * (len(channels) - 1),
-            num_res_units=int(cfg.get("num_res_units", 2)),
-            norm="batch",
-            dropout=float(cfg.get("dropout", 0.0)),
+        return nets.UNet(
+            spatial_dims=2, in_channels=1, out_channels=n_classes, channels=channels, strides=strides,
+            num_res_units=int(cfg.get("num_res_units", 2)), norm="batch", dropout=dropout,
         )
-    raise ValueError(f"unknown train.model {name!r}")
+    if name == "attention_unet":
+        return nets.AttentionUnet(
+            spatial_dims=2, in_channels=1, out_channels=n_classes, channels=channels, strides=strides, dropout=dropout
+        )
+    if name == "unetpp":
+        # BasicUNetPlusPlus has a fixed depth of five levels plus the output width.
+        features = _five_levels(channels) + (channels[0],)
+        return FirstOutput(
+            nets.BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=n_classes, features=features, dropout=dropout)
+        )
+    if name == "efficientnet_unet":
+        # Weights are never downloaded (pretrained=False): runs offline; use train.init_checkpoint for warm starts.
+        decoder = _five_levels(tuple(reversed(channels)))
+        return nets.FlexibleUNet(
+            in_channels=1, out_channels=n_classes, backbone=f"efficientnet-{cfg.get('backbone', 'b0')}",
+            pretrained=False, decoder_channels=decoder, spatial_dims=2, dropout=dropout,
+        )
+    if name == "segresnet":
+        depth = len(channels)
+        return nets.SegResNet(
+            spatial_dims=2, init_filters=channels[0], in_channels=1, out_channels=n_classes,
+            blocks_down=(1,) + (2,) * (depth - 2) + (4,), blocks_up=(1,) * (depth - 1),
+            dropout_prob=dropout or None, num_groups=min(8, channels[0]),
+        )
+    raise ValueError(f"unknown train.model {name!r}; choose one of {', '.join(MODELS)}")
+
+
+def _five_levels(channels: tuple[int, ...]) -> tuple[int, ...]:
+    """Stretch or cut a channel list to the five levels some MONAI networks require."""
+    levels = list(channels[:5])
+    while len(levels) < 5:
+        levels.append(levels[-1] * 2 if levels[-1] >= levels[0] else max(levels[-1] // 2, 4))
+    return tuple(levels)
 
 
 def load_weights(model: torch.nn.Module, checkpoint_path) -> dict:
-    """Load a checkpoint written by :func:`segflow.train.save_checkpoint` into ``model``; return the checkpoint."""
+    """Load a checkpoint written by segflow training into ``model``; return the checkpoint dictionary."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     return checkpoint
