@@ -114,5 +114,16 @@ def get_report_case_files(wildcards):
     }
 
 
+def get_benchmarks(wildcards):
+    """Benchmark files of every job before the report, for the report's wall-time table."""
+    selected, test = get_selected_cases(), get_selected_cases("test")
+    per_case = {"download_case": CASES, "inspect_case": CASES, "preprocess_case": selected}
+    per_case.update({"predict_case": test, "score_case": test})
+    files = [benchmark_path(rule, f"{case}.tsv") for rule, cases in per_case.items() for case in cases]
+    files += [benchmark_path("train_round", f"round_{r}.tsv") for r in ROUNDS]
+    files += [benchmark_path(rule, f"{rule}.tsv") for rule in ("select_cases", "select_model", "aggregate_scores")]
+    return files
+
+
 def get_final_outputs():
     return [result("report", "report.html")]

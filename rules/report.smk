@@ -7,11 +7,14 @@ rule render_report:
         metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
         curves=expand(result("train", "round_{round}", "curves.png"), round=ROUNDS),
         best=result("train", "best.json"),
+        rounds=result("train", "rounds.tsv"),
         scores=result("scores", "scores.tsv"),
         summary=result("scores", "summary.json"),
+        benchmarks=get_benchmarks,
         library=library("io", "report"),
     params:
         config=config,
+        workflow_dir=workflow.basedir,
     log:
         log_path("render_report", "render_report.log"),
     benchmark:

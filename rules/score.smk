@@ -24,6 +24,7 @@ rule aggregate_scores:
     output:
         table=report(result("scores", "scores.tsv"), caption="../report/scores.rst", category="Scores"),
         summary=result("scores", "summary.json"),
+        summary_table=result("scores", "summary.tsv"),
     input:
         scores=get_test_scores,
         library=library("io", "score"),

@@ -8,7 +8,8 @@ from segflow.score import aggregate
 
 def main(smk):
     paths = [Path(p) for p in smk.input.scores]
-    aggregate(paths, [p.name.removesuffix(".json") for p in paths], smk.output.table, smk.output.summary)
+    case_ids = [p.name.removesuffix(".json") for p in paths]
+    aggregate(paths, case_ids, smk.output.table, smk.output.summary, smk.output.summary_table)
 
 
 run_logged(lambda: main(snakemake), snakemake.log[0], "aggregate_scores")  # noqa: F821

@@ -16,10 +16,13 @@ def main(smk):
         round_metrics=[Path(p) for p in smk.input.metrics],
         round_curves=[Path(p) for p in smk.input.curves],
         best_json=Path(smk.input.best),
+        rounds_tsv=Path(smk.input.rounds),
         scores_tsv=Path(smk.input.scores),
         summary_json=Path(smk.input.summary),
         cases=cases,
         config=smk.params.config,
+        benchmarks=[Path(p) for p in smk.input.benchmarks],
+        workflow_dir=Path(smk.params.workflow_dir),
     )
     render_report(inputs, Path(smk.output[0]))
 

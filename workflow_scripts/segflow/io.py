@@ -80,10 +80,10 @@ def read_json(path: str | os.PathLike):
         return json.load(handle)
 
 
-def write_table(path: str | os.PathLike, frame, sep: str = "\t") -> None:
+def write_table(path: str | os.PathLike, frame, sep: str = "\t", float_format: str = "%.6g") -> None:
     """Write a pandas DataFrame as TSV (or CSV with ``sep=','``) atomically."""
     with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep=sep, index=False, float_format="%.6g")
+        frame.to_csv(tmp, sep=sep, index=False, float_format=float_format)
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

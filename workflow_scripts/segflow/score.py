@@ -29,8 +29,9 @@ def score_files(pred_path, ref_path, score_cfg: dict) -> dict:
     )
 
 
-def aggregate(score_paths: list[Path], case_ids: list[str], scores_tsv, summary_json) -> pd.DataFrame:
-    """One row per case in ``scores_tsv``; mean, median, std and min per column in ``summary_json``."""
+def aggregate(score_paths: list[Path], case_ids: list[str], scores_tsv, summary_json, summary_tsv=None) -> pd.DataFrame:
+    """One row per case in ``scores_tsv``; mean, median, std, min per column in ``summary_json``, and the same as
+    a long table with one row per region or label and metric in ``summary_tsv``."""
     import json
 
     rows = []
@@ -41,19 +42,32 @@ def aggregate(score_paths: list[Path], case_ids: list[str], scores_tsv, summary_
     first = ["case_id"] + [c for c in table.columns if c.startswith("dice_")]
     table = table[first + [c for c in table.columns if c not in first]]
     numeric = table.drop(columns="case_id").astype(float)  # null (undefined HD95) becomes NaN
-    summary = {
-        column: {
-            "mean": _finite(numeric[column].mean()),
-            "median": _finite(numeric[column].median()),
-            "std": _finite(numeric[column].std(ddof=0)),
-            "min": _finite(numeric[column].min()),
-            "n": int(numeric[column].notna().sum()),
-        }
-        for column in numeric.columns
-    }
-    write_table(scores_tsv, table)
+    summary = {column: _statistics(numeric[column]) for column in numeric.columns}
+    # Full precision: these are the numbers users publish (the KiTS evaluation writes 8 decimals).
+    write_table(scores_tsv, table, float_format="%.8f")
     write_json(summary_json, {"n_cases": len(table), "metrics": summary})
+    if summary_tsv is not None:
+        write_table(summary_tsv, summary_long(summary), float_format="%.8f")
     return table
+
+
+def _statistics(column: pd.Series) -> dict:
+    return {
+        "mean": _finite(column.mean()),
+        "median": _finite(column.median()),
+        "std": _finite(column.std(ddof=0)),
+        "min": _finite(column.min()),
+        "n": int(column.notna().sum()),
+    }
+
+
+def summary_long(summary: dict) -> pd.DataFrame:
+    """``{"dice_kidney": stats, ...}`` as rows of (name, metric, mean, median, std, min, n)."""
+    rows = []
+    for column, stats in summary.items():
+        metric, name = column.split("_", 1)
+        rows.append({"name": name, "metric": metric, **stats})
+    return pd.DataFrame(rows).sort_values(["name", "metric"], kind="stable")
 
 
 def _finite(value) -> float | None:
