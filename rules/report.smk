@@ -11,7 +11,7 @@ rule render_report:
         scores=result("scores", "scores.tsv"),
         summary=result("scores", "summary.json"),
         benchmarks=get_benchmarks,
-        library=library("io", "report"),
+        library=library("io", "report", "report_figures", "score"),
     params:
         config=config,
         workflow_dir=workflow.basedir,

@@ -24,10 +24,14 @@ rule aggregate_scores:
     output:
         table=report(result("scores", "scores.tsv"), caption="../report/scores.rst", category="Scores"),
         summary=result("scores", "summary.json"),
-        summary_table=result("scores", "summary.tsv"),
+        summary_table=report(
+            result("scores", "summary.tsv"), caption="../report/summary.rst", category="Scores"
+        ),
     input:
         scores=get_test_scores,
         library=library("io", "score"),
+    params:
+        score=config["score"],
     log:
         log_path("aggregate_scores", "aggregate_scores.log"),
     benchmark:

@@ -1,3 +1,14 @@
+# Keys only select_model reads (as SELECTION_ONLY_KEYS in segflow/train.py): adding a round or changing how rounds
+# are compared must not retrain the rounds that exist.
+TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in ("rounds", "select_by")}
+
+
+def get_init_checkpoint(wildcards):
+    """train.init_checkpoint is an input of round 0, so replacing that file retrains."""
+    path = config["train"]["init_checkpoint"]
+    return [path] if path and int(wildcards.round) == 0 else []
+
+
 rule train_round:
     output:
         model_best=result("train", "round_{round}", "model_best.pt"),
@@ -14,9 +25,10 @@ rule train_round:
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         init=get_previous_round_model,
+        warm_start=get_init_checkpoint,
         library=library("io", "seeding", "data", "preprocess", "models", "losses", "train"),
     params:
-        train=config["train"],
+        train=TRAIN_ROUND_PARAMS,
         seed=config["seed"],
     log:
         log_path("train_round", "round_{round}.log"),

@@ -71,6 +71,13 @@ def test_every_model_takes_a_training_step(name):
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_efficientnet_b5_builds_offline(monkeypatch):
+    # The seed's backbone; pretrained weights would need the internet, so any download attempt fails the test.
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: pytest.fail("tried to download weights"))
+    model = build_model({**TRAIN, "model": "efficientnet_unet", "backbone": "b5", "channels": [8, 16, 32, 64]}, 4)
+    assert model.eval()(torch.rand(1, 1, 32, 32)).shape == (1, 4, 32, 32)
+
+
 @pytest.mark.parametrize("name", LOSSES)
 def test_every_loss_takes_a_training_step(name):
     cfg = {**TRAIN, "loss": name, "loss_weights": {"dice": 0.4, "focal": 0.6}, "focal_alpha": 0.25}
@@ -104,7 +111,8 @@ def test_rounds_chain_and_are_reproducible(tmp_path):
     train_round(dirs, patients, 0, TRAIN, 3, again)
 
     metrics = pd.read_csv(first.metrics)
-    assert list(metrics.columns[:5]) == ["round", "epoch", "train_loss", "val_loss", "val_dice"]
+    assert list(metrics.columns[:6]) == ["round", "epoch", "train_loss", "train_dice", "val_loss", "val_dice"]
+    assert {"val_iou", "val_precision", "val_recall", "val_f1", "val_dice_kidney", "lr", "seconds"} <= set(metrics)
     assert len(metrics) == 2 and first.curves.stat().st_size > 0
     timing_free = [c for c in metrics.columns if c != "seconds"]
     assert pd.read_csv(again.metrics)[timing_free].equals(metrics[timing_free])
@@ -116,6 +124,16 @@ def test_rounds_chain_and_are_reproducible(tmp_path):
     model.load_state_dict(torch.load(first.model_best, weights_only=False)["model"])
     labels = predict_slices(model.eval(), np.random.rand(5, 32, 32).astype(np.float32), 2, torch.device("cpu"))
     assert labels.shape == (5, 32, 32) and labels.dtype == np.uint8
+
+
+def test_dataloader_workers_are_deterministic(tmp_path):
+    dirs = make_cases(tmp_path, n=3)
+    cfg = {**TRAIN, "num_workers": 2, "epochs": 1}
+    runs = [outputs_in(tmp_path / name) for name in ("a", "b")]
+    for out in runs:
+        train_round(dirs, {c: c for c in dirs}, 0, cfg, 3, out)
+    first, second = (pd.read_csv(out.metrics).drop(columns="seconds") for out in runs)
+    assert first.equals(second)
 
 
 def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
@@ -144,4 +162,7 @@ def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
     choice = select_best_round([o.metrics for o in outputs], models, holdout, "fixed_dice")
     table = choice["table"]
     assert list(table["round"]) == [0, 1, 2] and table["fixed_val_dice"].between(0, 1).all()
+    assert {"best_epoch", "val_loss", "fixed_val_loss", "fixed_val_dice"} <= set(table)
+    for out, (_, row) in zip(outputs, table.iterrows()):  # each round's row is its best epoch
+        assert row["val_loss"] == pd.read_csv(out.metrics)["val_loss"].min()
     assert choice["round"] == int(table.loc[table["fixed_val_dice"].idxmax(), "round"])

@@ -1,4 +1,5 @@
-"""A round killed with SIGKILL resumes from its last saved epoch and ends with the same weights as an uninterrupted one."""
+"""Resuming a round: after SIGKILL the rerun continues from the last saved epoch and ends bit-identical to an
+uninterrupted run; SIGTERM exits non-zero with the state on disk; a state from another config is not resumed."""
 
 import json
 import logging
@@ -10,54 +11,96 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 
-from test_train import TRAIN, make_cases, outputs_in
+import segflow.train
 from segflow.train import train_round
+from test_train import TRAIN, make_cases, outputs_in
 
 DRIVER = Path(__file__).with_name("train_driver.py")
+SEED = 5
+
+
+def start_round(tmp_path, dirs, cfg, out):
+    """Train round 0 into ``out`` in a child process; return it once its first epoch's state is on disk."""
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"out": str(out), "cases": {k: str(v) for k, v in dirs.items()}, "train": cfg, "seed": SEED}))
+    process = subprocess.Popen([sys.executable, str(DRIVER), str(args)], stderr=subprocess.PIPE, text=True)
+    state = outputs_in(out).resume_state
+    deadline = time.time() + 120
+    while not state.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.005)
+    return process
+
+
+def delete_outputs(out):
+    """What Snakemake does to a failed or incomplete job's declared outputs before it reruns the job."""
+    for path in vars(outputs_in(out)).values():
+        Path(path).unlink(missing_ok=True)
 
 
 def test_sigkill_mid_round_then_rerun_resumes_and_matches(tmp_path, caplog):
     dirs = make_cases(tmp_path)
-    cfg = {**TRAIN, "epochs": 8, "samples_per_epoch": 16}
+    cfg = {**TRAIN, "epochs": 6, "samples_per_epoch": 16}
     interrupted = tmp_path / "interrupted"
-    args = tmp_path / "args.json"
-    args.write_text(json.dumps({"out": str(interrupted), "cases": {k: str(v) for k, v in dirs.items()}, "train": cfg, "seed": 5}))
-
-    process = subprocess.Popen([sys.executable, str(DRIVER), str(args)], stderr=subprocess.DEVNULL)
+    process = start_round(tmp_path, dirs, cfg, interrupted)
+    process.kill()
+    process.communicate()
     state = outputs_in(interrupted).resume_state
-    deadline = time.time() + 120
-    while not state.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
     assert state.exists() and not (interrupted / "model_last.pt").exists(), "the round finished before the kill"
     saved_epoch = torch.load(state, weights_only=False)["epoch"]
+    assert saved_epoch < cfg["epochs"] - 1
 
+    delete_outputs(interrupted)
     with caplog.at_level(logging.INFO, logger="segflow.train"):
-        train_round(dirs, {c: c for c in dirs}, 0, cfg, 5, outputs_in(interrupted))
-    assert f"resuming after epoch {saved_epoch + 1}" in caplog.text
-    assert not state.parent.exists()  # the resume folder is cleaned up once the round is complete
+        train_round(dirs, {c: c for c in dirs}, 0, cfg, SEED, outputs_in(interrupted))
+    assert f"resuming after epoch {saved_epoch + 1} from {state}" in caplog.text
+    assert f"epoch {saved_epoch + 1}/6:" not in caplog.text  # completed epochs are not trained again
+    assert f"epoch {saved_epoch + 2}/6:" in caplog.text
+    assert not state.parent.exists()  # the resume folder is removed once the round is complete
 
     uninterrupted = tmp_path / "uninterrupted"
-    train_round(dirs, {c: c for c in dirs}, 0, cfg, 5, outputs_in(uninterrupted))
-    resumed_weights = torch.load(interrupted / "model_last.pt", weights_only=False)["model"]
-    reference_weights = torch.load(uninterrupted / "model_last.pt", weights_only=False)["model"]
-    assert all(torch.equal(resumed_weights[k], reference_weights[k]) for k in reference_weights)
-    columns = lambda frame: frame.drop(columns="seconds")  # noqa: E731
-    assert columns(pd.read_csv(interrupted / "metrics.csv")).equals(columns(pd.read_csv(uninterrupted / "metrics.csv")))
-    assert len(pd.read_csv(interrupted / "metrics.csv")) == 8
+    train_round(dirs, {c: c for c in dirs}, 0, cfg, SEED, outputs_in(uninterrupted))
+    for name in ("model_last.pt", "model_best.pt"):
+        resumed = torch.load(interrupted / name, weights_only=False)["model"]
+        reference = torch.load(uninterrupted / name, weights_only=False)["model"]
+        assert all(torch.equal(resumed[k], reference[k]) for k in reference), name
+    without_time = lambda folder: pd.read_csv(folder / "metrics.csv").drop(columns="seconds")  # noqa: E731
+    assert without_time(interrupted).equals(without_time(uninterrupted))
+    assert len(without_time(interrupted)) == cfg["epochs"]
 
 
-def test_state_from_another_configuration_is_not_resumed(tmp_path, caplog):
+def test_sigterm_exits_nonzero_with_the_last_epoch_saved(tmp_path):
     dirs = make_cases(tmp_path, n=3)
     out = tmp_path / "round"
-    cfg = {**TRAIN, "epochs": 1}
-    train_round(dirs, {c: c for c in dirs}, 0, cfg, 5, outputs_in(out))
-    state = outputs_in(out).resume_state
-    state.parent.mkdir()
-    os.replace(out / "model_last.pt", state)  # a leftover state, then the user changes the learning rate
+    process = start_round(tmp_path, dirs, {**TRAIN, "epochs": 20, "samples_per_epoch": 16}, out)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert "segflow: train_round: Terminated: received signal 15" in stderr
+    saved = torch.load(outputs_in(out).resume_state, weights_only=False)  # complete, loadable
+    assert len(saved["rows"]) == saved["epoch"] + 1 and saved["best_weights"] is not None
+    assert not list(out.rglob("*.part*")), "a half-written file was left behind"
+
+
+def test_state_from_another_configuration_is_not_resumed(tmp_path, caplog, monkeypatch):
+    dirs = make_cases(tmp_path, n=3)
+    out = tmp_path / "round"
+    run_epoch = segflow.train._run_epoch
+
+    def crash_in_second_epoch(setup, epoch):
+        if epoch == 1:
+            raise RuntimeError("node failure")
+        return run_epoch(setup, epoch)
+
+    monkeypatch.setattr(segflow.train, "_run_epoch", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="node failure"):
+        train_round(dirs, {c: c for c in dirs}, 0, TRAIN, SEED, outputs_in(out))
+    monkeypatch.undo()
+    assert outputs_in(out).resume_state.exists()
     with caplog.at_level(logging.INFO, logger="segflow.train"):
-        train_round(dirs, {c: c for c in dirs}, 0, {**cfg, "lr": 0.001}, 5, outputs_in(out))
+        train_round(dirs, {c: c for c in dirs}, 0, {**TRAIN, "lr": 0.001}, SEED, outputs_in(out))
     assert "from another configuration; starting over" in caplog.text
+    assert "resuming" not in caplog.text
+    assert len(pd.read_csv(out / "metrics.csv")) == TRAIN["epochs"]

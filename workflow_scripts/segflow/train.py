@@ -4,10 +4,11 @@ One call of :func:`train_round` trains one round and writes its artefacts (``mod
 validation loss, ``model_last.pt`` with the full training state, ``metrics.csv`` with one row per epoch,
 ``split.json``, ``curves.png``). :func:`select_best_round` then keeps the best round.
 
-Resuming: after every epoch the whole training state (model, optimiser, scheduler, early-stopping counters, the
-metrics so far) is written atomically to ``<round dir>/resume/state.pt``, a path Snakemake does not own (it deletes
-a job's declared outputs before rerunning it). Every random stream is reseeded from (seed, round, epoch) at the
-start of each epoch, so a round resumed after a kill continues exactly as an uninterrupted one would.
+Resuming: after every epoch the whole training state (model, optimiser, scheduler, loss scaler, random generator
+states, early-stopping counters, the best weights and the metrics so far) is written atomically to
+``<round dir>/resume/state.pt``, a path Snakemake does not own (it deletes a job's declared outputs before rerunning
+it). Every random stream is also reseeded from (seed, round, epoch) at the start of each epoch, so a round resumed
+after a kill continues exactly as an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import json
 import logging
 import math
-import os
+import random
 import shutil
 import signal
 import sys
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "kidney", 2: "tumor", 3: "cyst"}
 MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone")
+# train keys that only matter to select_model: changing them must neither rerun nor invalidate a round's training.
+SELECTION_ONLY_KEYS = ("rounds", "select_by")
 
 
 @dataclass
@@ -118,16 +121,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision on CUDA (bfloat16 where supported, else float16); a no-op on CPU."""
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
+    """The autocast dtype: None (full precision) on CPU or with ``amp`` off; on CUDA ``amp_dtype``, except that a
+    GPU without bfloat16 (before Ampere) falls back to float16, which then needs loss scaling."""
+    if device.type != "cuda" or not cfg.get("amp", True):
+        return None
+    if cfg.get("amp_dtype", "bfloat16") == "bfloat16" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
-def save_checkpoint(path, model, cfg: dict, n_classes: int, **extra) -> None:
-    state = {"model": model.state_dict(), "model_cfg": _model_cfg(cfg), "n_classes": n_classes, **extra}
+def autocast_for(device: torch.device, dtype: torch.dtype | None):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def save_checkpoint(path, weights: dict, cfg: dict, n_classes: int, **extra) -> None:
+    """A checkpoint segflow.predict can load: weights plus what is needed to rebuild the network."""
+    state = {"model": weights, "model_cfg": _model_cfg(cfg), "n_classes": n_classes, **extra}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -147,15 +157,38 @@ class RoundSetup:
     round_index: int
     round_seed: int
     device: torch.device
+    amp_dtype: torch.dtype | None
     model: torch.nn.Module
     optimiser: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
     loss_fn: torch.nn.Module
     train_set: SliceDataset
     val_set: SliceDataset
     augmentation: object
     sample_weights: np.ndarray | None
     n_classes: int
+
+
+@dataclass
+class RoundState:
+    """What the loop has achieved so far: the metrics rows, early-stopping counters and the best weights."""
+
+    rows: list = field(default_factory=list)
+    best_loss: float = math.inf
+    best_epoch: int = -1
+    best_weights: dict | None = None
+    stale: int = 0
+    next_epoch: int = 0
+
+    def record(self, row: dict, model: torch.nn.Module) -> None:
+        self.rows.append(row)
+        self.next_epoch = row["epoch"] + 1
+        if row["val_loss"] < self.best_loss:
+            self.best_loss, self.best_epoch, self.stale = row["val_loss"], row["epoch"], 0
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
 
 
 def train_round(
@@ -173,31 +206,15 @@ def train_round(
     torch.set_num_threads(max(1, threads))
     setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
     fingerprint = _fingerprint(cfg, seed, round_index, sorted(case_dirs), init_checkpoint)
-    rows, best_loss, stale, start_epoch = _resume(setup, outputs.resume_state, fingerprint)
+    state = _resume(setup, outputs.resume_state, fingerprint)
     with _sigterm_raises():
-        for epoch in range(start_epoch, cfg["epochs"]):
-            if stale >= cfg["patience"]:
-                break
-            row = _run_epoch(setup, epoch)
-            rows.append(row)
-            if row["val_loss"] < best_loss:
-                best_loss, stale = row["val_loss"], 0
-                save_checkpoint(
-                    outputs.model_best, setup.model, cfg, n_classes,
-                    round=round_index, epoch=epoch, val_loss=row["val_loss"], val_dice=row["val_dice"],
-                )
-            else:
-                stale += 1
-            write_table(outputs.metrics, pd.DataFrame(rows), sep=",")
-            _save_state(setup, outputs.resume_state, fingerprint, epoch, rows, best_loss, stale)
-            if stale >= cfg["patience"]:
-                log.info("round %d: early stop, val loss did not improve for %d epochs", round_index, stale)
-    metrics = pd.DataFrame(rows)
-    plot_curves(outputs.curves, metrics)
-    # The final state becomes model_last.pt; the resume folder is no longer needed.
-    os.replace(outputs.resume_state, outputs.model_last)
-    shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
-    return metrics
+        while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
+            state.record(_run_epoch(setup, state.next_epoch), setup.model)
+            write_table(outputs.metrics, pd.DataFrame(state.rows), sep=",")  # readable while the round runs
+            _save_state(setup, state, outputs.resume_state, fingerprint)
+            if state.stale >= cfg["patience"]:
+                log.info("round %d: early stop, val loss did not improve for %d epochs", round_index, state.stale)
+    return _finish_round(setup, state, outputs)
 
 
 def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes) -> RoundSetup:
@@ -214,21 +231,25 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
     log.info("round %d: %d train cases, val %s, fixed holdout %s", round_index, len(train_ids), val_ids, holdout_ids)
 
     device = pick_device(cfg["device"])
+    dtype = amp_dtype_for(device, cfg)
+    log.info("round %d: device %s, %s", round_index, device, f"mixed precision {dtype}" if dtype else "float32")
     model = build_model(cfg, n_classes)
     _initialise(model, round_index, init_checkpoint, cfg)
     model = model.to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(1, cfg["patience"] // 2))
+    # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=build_augmentation(cfg["augment"]))
     val_set = SliceDataset([case_dirs[c] for c in val_ids])
     loss_fn = build_loss(cfg)
     weights = None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
-        weights = hard_slice_weights(model, train_set, loss_fn, cfg, device, cfg["hard_slice_boost"])
+        weights = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
     return RoundSetup(
-        cfg, round_index, round_seed, device, model, optimiser, scheduler, loss_fn, train_set, val_set,
+        cfg, round_index, round_seed, device, dtype, model, optimiser, scheduler, scaler, loss_fn, train_set, val_set,
         train_set.transform, weights, n_classes,
     )
 
@@ -251,7 +272,7 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     """One epoch; every random stream is reseeded from (round seed, epoch) so that resuming is exact."""
     cfg = setup.cfg
     epoch_seed = derive_seed(setup.round_seed, "epoch", epoch)
-    torch.manual_seed(epoch_seed)
+    torch.manual_seed(epoch_seed)  # dropout, and the DataLoader's worker seeds
     if setup.augmentation is not None:
         setup.augmentation.set_random_state(seed=derive_seed(epoch_seed, "augment"))
     started = time.perf_counter()
@@ -262,24 +283,26 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
         rng_for(epoch_seed, "sampler"),
         weights=setup.sample_weights,
     )
-    train_loss = _train_epoch(setup, indices, epoch_seed)
-    val = evaluate(setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes)
+    train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
+    val = evaluate(setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype)
     setup.scheduler.step(val.loss)
     row = {
-        "round": setup.round_index, "epoch": epoch, "train_loss": train_loss, "val_loss": val.loss,
-        "val_dice": val.dice, "val_iou": val.iou, "val_precision": val.precision, "val_recall": val.recall,
+        "round": setup.round_index, "epoch": epoch, "train_loss": train_loss, "train_dice": train_dice,
+        "val_loss": val.loss, "val_dice": val.dice, "val_iou": val.iou, "val_precision": val.precision,
+        "val_recall": val.recall,
         "val_f1": val.dice,  # F1 is Dice for binary masks; kept under its own name for readers who expect it
         **{f"val_dice_{name}": value for name, value in val.class_dice.items()},
         "lr": setup.optimiser.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
     }
     log.info(
-        "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f (%.1f s)",
-        setup.round_index, epoch + 1, cfg["epochs"], train_loss, val.loss, val.dice, row["seconds"],
+        "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.2g (%.1f s)",
+        setup.round_index, epoch + 1, cfg["epochs"], train_loss, val.loss, val.dice, row["lr"], row["seconds"],
     )
     return row
 
 
-def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> float:
+def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tuple[float, float]:
+    """(mean loss, foreground Dice pooled over the augmented training batches) of one pass over ``indices``."""
     cfg, model, device = setup.cfg, setup.model, setup.device
     model.train()
     loader = torch.utils.data.DataLoader(
@@ -289,32 +312,42 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> flo
         num_workers=cfg["num_workers"],
         drop_last=len(indices) > cfg["batch_size"],
         worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(epoch_seed),
+        generator=torch.Generator().manual_seed(epoch_seed),  # the workers' base seed
     )
-    total, count = 0.0, 0
-    progress = _Progress(len(loader), f"round {setup.round_index}")
+    total, count, overlap = 0.0, 0, np.zeros(2)
+    progress = _ProgressBar(len(loader), f"round {setup.round_index}")
     for batch in loader:
         images, labels = _to_device(batch, device)
         setup.optimiser.zero_grad(set_to_none=True)
-        with autocast_for(device, cfg["amp"]):
-            loss = setup.loss_fn(model(images).float(), labels)
-        loss.backward()
+        with autocast_for(device, setup.amp_dtype):
+            logits = model(images).float()
+            loss = setup.loss_fn(logits, labels)
+        setup.scaler.scale(loss).backward()
+        setup.scaler.unscale_(setup.optimiser)  # clip the true gradients, not the scaled ones
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        setup.optimiser.step()
+        setup.scaler.step(setup.optimiser)
+        setup.scaler.update()
         total += loss.item() * len(images)
         count += len(images)
+        pred, ref = logits.detach().argmax(1) > 0, labels[:, 0] > 0
+        overlap += [float((pred & ref).sum()), float(pred.sum() + ref.sum())]
         progress.step(total / count)
     progress.close()
-    return total / max(count, 1)
+    return total / max(count, 1), _ratio(2 * overlap[0], overlap[1])
 
 
 def _seed_worker(worker_id: int) -> None:
-    """DataLoader workers: derive NumPy/random seeds from torch's per-worker seed so workers stay reproducible."""
-    import random
+    """Seed a DataLoader worker from torch's per-worker seed (base seed from the epoch's generator + worker id).
 
+    Each worker holds its own copy of the MONAI transforms; without reseeding them all workers would replay the
+    same augmentation sequence.
+    """
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
+    transform = getattr(torch.utils.data.get_worker_info().dataset.dataset, "transform", None)
+    if transform is not None:
+        transform.set_random_state(seed=worker_seed)
 
 
 def _to_device(batch: dict, device: torch.device):
@@ -325,7 +358,7 @@ def _to_device(batch: dict, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, amp: bool = True) -> Scores:
+def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, amp_dtype=None) -> Scores:
     """Mean loss over slices, and overlap figures pooled over all slices (foreground, and Dice per class)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -334,7 +367,7 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
     tp = fp = fn = 0.0
     for batch in loader:
         images, labels = _to_device(batch, device)
-        with autocast_for(device, amp):
+        with autocast_for(device, amp_dtype):
             logits = model(images).float()
         total += float(loss_fn(logits, labels)) * len(images)
         count += len(images)
@@ -358,64 +391,129 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 @torch.no_grad()
-def hard_slice_weights(model, dataset, loss_fn, cfg, device, boost: float) -> np.ndarray:
+def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dtype, boost: float) -> np.ndarray:
     """Sampling weights 1 + boost * (per-slice loss rank in [0, 1]) from the model this round starts from.
 
-    Round r then sees more of the slices round r-1 got most wrong.
+    Round r then sees more of the slices round r-1 got most wrong. Slices are scored unaugmented, in batches.
     """
     model.eval()
     losses = []
-    for item in range(len(dataset)):
-        sample = dataset.untransformed(item)
-        images, labels = sample["image"][None].to(device), sample["label"][None].to(device)
-        losses.append(float(loss_fn(model(images).float(), labels)))
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset.untransformed(i) for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "label")}
+        images, labels = _to_device(batch, device)
+        with autocast_for(device, amp_dtype):
+            logits = model(images).float()
+        losses += [float(loss_fn(logits[i : i + 1], labels[i : i + 1])) for i in range(len(samples))]
     ranks = np.argsort(np.argsort(losses)) / max(len(losses) - 1, 1)
     log.info("hard-slice oversampling: weights 1 to %.1f from the starting model's per-slice loss", 1 + boost)
     return 1.0 + boost * ranks
 
 
-# --- resume ---------------------------------------------------------------------------------------------------------------
+# --- resume and the end of a round ------------------------------------------------------------------------------------
 
 
 def _fingerprint(cfg: dict, seed: int, round_index: int, case_ids: list[str], init_checkpoint) -> str:
-    """What a saved state must match to be resumed: same config, seed, cases and starting weights."""
+    """What a saved state must match to be resumed: same training config, seed, cases and starting weights."""
+    cfg = {k: v for k, v in cfg.items() if k not in SELECTION_ONLY_KEYS}
     init = Path(init_checkpoint).stat().st_size if init_checkpoint else None
     text = json.dumps([cfg, seed, round_index, case_ids, str(init_checkpoint), init], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _save_state(setup: RoundSetup, path: Path, fingerprint: str, epoch: int, rows: list, best_loss: float, stale: int):
-    state = {
+def _training_state(setup: RoundSetup, state: RoundState, fingerprint: str) -> dict:
+    """Everything needed to continue after ``state.next_epoch - 1`` exactly as if the process had never stopped.
+
+    The sampler and the MONAI augmentations are reseeded from (seed, round, epoch) at every epoch start, so the
+    epoch number is their state; the global generators are saved for anything else that draws from them.
+    """
+    return {
         "model": setup.model.state_dict(), "model_cfg": _model_cfg(setup.cfg), "n_classes": setup.n_classes,
         "optimiser": setup.optimiser.state_dict(), "scheduler": setup.scheduler.state_dict(),
-        "round": setup.round_index, "epoch": epoch, "rows": rows, "best_loss": best_loss, "stale": stale,
+        "scaler": setup.scaler.state_dict(), "rng": _rng_states(), "round": setup.round_index,
+        "epoch": state.next_epoch - 1, "rows": state.rows, "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch, "best_weights": state.best_weights, "stale": state.stale,
         "fingerprint": fingerprint,
     }
+
+
+def _save_state(setup: RoundSetup, state: RoundState, path: Path, fingerprint: str) -> None:
+    # One atomic file: a kill at any instant leaves either the previous complete epoch or this one, never a mix.
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        torch.save(_training_state(setup, state, fingerprint), tmp)
 
 
-def _resume(setup: RoundSetup, path: Path, fingerprint: str):
-    """(rows, best loss, stale epochs, first epoch to run): from a matching saved state, or a fresh start."""
+def _resume(setup: RoundSetup, path: Path, fingerprint: str) -> RoundState:
+    """The state saved after the last completed epoch when it matches this round's configuration, else a fresh one."""
     if not path.exists():
-        return [], math.inf, 0, 0
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("fingerprint") != fingerprint:
+        return RoundState()
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("fingerprint") != fingerprint:
         log.info("round %d: saved state %s is from another configuration; starting over", setup.round_index, path)
-        return [], math.inf, 0, 0
-    setup.model.load_state_dict(state["model"])
-    setup.optimiser.load_state_dict(state["optimiser"])
-    setup.scheduler.load_state_dict(state["scheduler"])
-    log.info("round %d: resuming after epoch %d from %s", setup.round_index, state["epoch"] + 1, path)
-    return list(state["rows"]), float(state["best_loss"]), int(state["stale"]), int(state["epoch"]) + 1
+        path.unlink()
+        return RoundState()
+    setup.model.load_state_dict(saved["model"])
+    setup.optimiser.load_state_dict(saved["optimiser"])
+    setup.scheduler.load_state_dict(saved["scheduler"])
+    setup.scaler.load_state_dict(saved["scaler"])
+    _restore_rng_states(saved["rng"])
+    log.info("round %d: resuming after epoch %d from %s", setup.round_index, saved["epoch"] + 1, path)
+    return RoundState(
+        rows=list(saved["rows"]), best_loss=float(saved["best_loss"]), best_epoch=int(saved["best_epoch"]),
+        best_weights=saved["best_weights"], stale=int(saved["stale"]), next_epoch=int(saved["epoch"]) + 1,
+    )
+
+
+def _rng_states() -> dict:
+    return {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -> pd.DataFrame:
+    """Write the round's outputs from the final state, then drop the resume folder.
+
+    Everything is written here rather than during the loop because Snakemake deletes a job's outputs before a
+    rerun: a resumed round must be able to produce all of them from the saved state alone.
+    """
+    if state.best_weights is None:
+        raise RuntimeError("no epoch reached a finite validation loss; there is no model to keep")
+    cfg, best = setup.cfg, state.rows[state.best_epoch]
+    save_checkpoint(
+        outputs.model_best, state.best_weights, cfg, setup.n_classes,
+        round=setup.round_index, epoch=state.best_epoch, val_loss=best["val_loss"], val_dice=best["val_dice"],
+    )
+    final = _training_state(setup, state, fingerprint=None)
+    del final["best_weights"], final["fingerprint"]
+    with atomic_path(outputs.model_last) as tmp:
+        torch.save(final, tmp)
+    metrics = pd.DataFrame(state.rows)
+    write_table(outputs.metrics, metrics, sep=",")
+    plot_curves(outputs.curves, metrics)
+    shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
+    log.info("round %d: kept epoch %d (val loss %.4f)", setup.round_index, state.best_epoch + 1, state.best_loss)
+    return metrics
 
 
 @contextlib.contextmanager
 def _sigterm_raises():
-    """Turn SIGTERM (scheduler preemption, time limit) into an exception: the last complete epoch is on disk."""
+    """Turn SIGTERM (scheduler preemption, time limit) into an exception that aborts the epoch in progress.
+
+    The state of the last completed epoch is already on disk (written atomically), so the job can exit at once,
+    non-zero, well inside SLURM's grace period before SIGKILL; the rerun resumes from that epoch.
+    """
 
     def handler(signum, frame):
-        raise Terminated(f"received signal {signum}; the last completed epoch is saved and will be resumed")
+        raise Terminated(f"received signal {signum}; the last completed epoch is saved and will be resumed on rerun")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -424,7 +522,7 @@ def _sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Progress:
+class _ProgressBar:
     """A progress bar on a terminal; nothing per batch in log files (one line per epoch is logged instead)."""
 
     def __init__(self, total: int, label: str):
@@ -459,10 +557,12 @@ def plot_curves(path, metrics: pd.DataFrame) -> None:
     ax_loss.scatter([metrics.loc[best, "epoch"]], [metrics.loc[best, "val_loss"]], color="red", zorder=3, label="best")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_loss.legend()
-    ax_dice.plot(metrics["epoch"], metrics["val_dice"], label="foreground")
+    if "train_dice" in metrics:
+        ax_dice.plot(metrics["epoch"], metrics["train_dice"], label="train", linestyle="--", color="grey")
+    ax_dice.plot(metrics["epoch"], metrics["val_dice"], label="val foreground")
     for column in [c for c in metrics.columns if c.startswith("val_dice_")]:
         ax_dice.plot(metrics["epoch"], metrics[column], label=column.removeprefix("val_dice_"), alpha=0.7)
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="validation Dice", ylim=(0, 1))
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Dice", ylim=(0, 1))
     ax_dice.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path) as tmp:
@@ -483,7 +583,10 @@ def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dic
     results = []
     for checkpoint in checkpoints:
         model, meta = load_model(checkpoint, device)
-        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"]))
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        dtype = amp_dtype_for(device, cfg)
+        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
     return results
 
 
