@@ -43,6 +43,29 @@ def test_every_stage_produced_its_outputs_logs_and_benchmarks(finished_run):
     assert not list(results.rglob("*.part*")), "temporary files left behind"
 
 
+def test_rounds_are_compared_and_the_lowest_val_loss_kept(finished_run):
+    train = finished_run / "results/train"
+    metrics = pd.read_csv(train / "round_1/metrics.csv")
+    assert {"epoch", "train_loss", "train_dice", "val_loss", "val_dice", "val_iou", "lr", "seconds"} <= set(metrics)
+    rounds = pd.read_csv(train / "rounds.tsv", sep="\t")
+    assert list(rounds["round"]) == [0, 1]
+    assert rounds[["val_loss", "fixed_val_loss", "fixed_val_dice"]].notna().all().all()  # tiny.yaml keeps a holdout
+    best = json.loads((train / "best.json").read_text())
+    assert best["select_by"] == "val_loss"
+    assert best["round"] == int(rounds.loc[rounds["val_loss"].idxmin(), "round"])
+    assert not list(train.glob("round_*/resume")), "a completed round keeps no resume state"
+
+
+def test_summary_table_per_region_and_label(finished_run):
+    summary = pd.read_csv(finished_run / "results/scores/summary.tsv", sep="\t")
+    assert list(summary.columns[:4]) == ["name", "kind", "labels", "metric"]
+    dice = summary[summary["metric"] == "dice"].set_index("name")
+    assert dice.loc["kidney_and_masses", "labels"] == "1+2+3"
+    assert dice.loc["kidney", "kind"] == "label"
+    scores = pd.read_csv(finished_run / "results/scores/scores.tsv", sep="\t")
+    assert dice.loc["kidney_and_masses", "mean"] == pytest.approx(scores["dice_kidney_and_masses"].mean())
+
+
 def test_predictions_are_on_the_original_grid_and_scored(finished_run):
     results = finished_run / "results"
     table = pd.read_csv(results / "selection/cases.tsv", sep="\t", keep_default_na=False)

@@ -21,8 +21,13 @@ VOID_ELEMENTS = {"meta", "img", "br", "hr", "input", "link", "source", "wbr", "c
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> str:
-    return shared_report(tmp_path_factory).read_text()
+def report_path(tmp_path_factory) -> Path:
+    return shared_report(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(report_path) -> str:
+    return report_path.read_text()
 
 
 class Elements(HTMLParser):
@@ -79,12 +84,13 @@ def test_run_summary(report):
     total = sum(sum(seconds) for seconds in BENCHMARKS.values())
     assert f"{total:.0f} s" in report and "summed over 5 jobs" in report
     assert "<td>train_round</td><td class='num' data-sort='2.0'>2</td><td class='num' data-sort='75.5'>75.5</td>" in report
-    assert re.search(r"<details><summary>Configuration[^<]*</summary><pre>seed: 42\n", report)
+    config = re.search(r"<details><summary>Configuration[^<]*</summary><pre>(.*?)</pre>", report, flags=re.S)
+    assert re.search(r"^seed: 42$", config.group(1), flags=re.M) and "  source: synthetic" in config.group(1)
 
 
 def test_training_marks_the_chosen_round(report):
     assert "round 1 (shaded) was chosen, and its model from epoch 1 (star)" in report
-    assert "<figure class='chosen'>" in report and "round 1 (chosen)" in report
+    assert "<figure class='round chosen'>" in report and "round 1 (chosen)" in report
     assert re.search(r"<tr class='chosen'><td class='num' data-sort='1.0'>1</td>", report)
 
 
@@ -93,13 +99,13 @@ def test_scores_beside_the_seed_figures(report):
     rows = re.findall(r"<tr><td>(\w+)</td><td>[\d+]+</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", kits)
     assert [region for region, _ in rows] == ["kidney_and_masses", "masses", "tumor"]
     assert [re.findall(r">([^<]*)</td>", cells)[-1] for _, cells in rows] == ["97.71", "81.39", "73.81"]
-    # Mean Dice (%) of the fabricated cases: 1, 0.875 and 0.75 for kidney_and_masses.
-    assert re.findall(r">([^<]*)</td>", rows[0][1])[0] == "87.50"
+    # kidney_and_masses: 1200 voxels, 1056 (shifted 2) and 912 (shifted 4) overlapping: Dice 1, 0.88, 0.76.
+    assert re.findall(r">([^<]*)</td>", rows[0][1])[0] == "88.00"
     assert "(1 undefined, left out)" in kits  # HD95 of the masses where the tumour was missed
     assert "different data" in report
 
 
-def test_per_case_tables_sort_by_full_values(report):
+def test_per_case_tables_sort_by_full_values(report, report_path):
     tables = re.findall(r"<table id='(scores-\w+)' class='data sortable'>(.*?)</table>", report, flags=re.S)
     assert [name for name, _ in tables] == ["scores-kits", "scores-all"]
     for _, table in tables:
@@ -107,7 +113,9 @@ def test_per_case_tables_sort_by_full_values(report):
         assert header_columns == list(range(len(header_columns)))
         first_row = re.search(r"<tbody><tr>(.*?)</tr>", table).group(1)
         assert first_row.count("<td") == len(header_columns)
-    assert "data-sort='0.6925387155109424'" in report  # the full value behind the 4 decimals shown
+    scores = pd.read_csv(report_path.with_name("scores.tsv"), sep="\t").set_index("case_id")
+    value = float(scores.loc["case_a", "sd_kidney_and_masses"])
+    assert f"data-sort='{value!r}'>{value:.4f}</td>" in report  # the full value behind the 4 decimals shown
     assert "<td class='na' data-sort=''>&ndash;</td>" in report  # undefined HD95
     assert "function sortTable(table, column)" in report and "addEventListener('click', sort)" in report
 
@@ -133,8 +141,8 @@ def test_overlays_of_best_median_and_worst(report):
     captions = re.findall(r"<figcaption>((?:best|median|worst): [^<]+)</figcaption>", report)
     assert captions == [
         "best: case_b, dice_kidney_and_masses 1.0000",
-        "median: case_a, dice_kidney_and_masses 0.8750",
-        "worst: case_c, dice_kidney_and_masses 0.7500",
+        "median: case_a, dice_kidney_and_masses 0.8800",
+        "worst: case_c, dice_kidney_and_masses 0.7600",
     ]
 
 

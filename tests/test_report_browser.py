@@ -1,45 +1,97 @@
-"""The report in a real browser: headless Chromium renders it, every image loads, no script errors.
+"""The report in a real browser: headless Chromium renders the fabricated report (tests/report_inputs.py), every
+image loads, the tables are there, no script fails, and clicking a heading sorts the per-case table.
 
-Needs Debian's chromium (.ci/run installs it); skipped with a reason where it is missing. The screenshot is kept
-in test-artifacts/report.png.
+The page's own script writes what it saw into <div id="report-status"> on load; Chromium's --dump-dom prints the
+DOM after that, and the test reads the element back. The screenshot is kept as test-artifacts/report.png.
+Needs Debian's chromium package (`apt-get install -y --no-install-recommends chromium`); skipped without it.
 """
 
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from workflow import REPO
+from report_inputs import TEST_CASES, shared_report
 
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT = REPO / "test-artifacts" / "report.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Offline and quiet: no network services, no first-run or sync machinery, no GPU on CI machines.
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
 ]
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y --no-install-recommends chromium)"
+)
+
+# Injected into a copy of the report: sorts the per-case table by Dice (column 1) and by tumour HD95 (column 13,
+# undefined for case_c), twice each, and writes the case orders into <div id="sort-probe">.
+SORT_PROBE = """<script>
+window.addEventListener('load', () => {
+  const table = document.getElementById('scores-kits');
+  const probe = document.createElement('div');
+  probe.id = 'sort-probe';
+  for (const [name, column] of [['dice', 1], ['hd95', 13]]) {
+    const heading = table.querySelector(`th[data-column='${column}']`);
+    for (const click of ['first', 'second']) {
+      heading.click();
+      probe.dataset[name + click] = Array.from(table.tBodies[0].rows, row => row.cells[0].textContent).join(',');
+      probe.dataset[name + click + 'aria'] = heading.getAttribute('aria-sort');
+    }
+  }
+  document.body.appendChild(probe);
+});
+</script>
+"""
 
 
-def chromium(tmp_path, *args) -> subprocess.CompletedProcess:
-    profile = tmp_path / f"profile{len(list(tmp_path.iterdir()))}"
+def chromium(profile: Path, *args: str) -> str:
+    """Run Chromium with a fresh profile; return its stdout (the DOM with --dump-dom)."""
     command = [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+    process = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    return process.stdout
 
 
-def test_report_renders_in_headless_chromium(tiny_run, tmp_path):
-    report = (tiny_run / "results/report/report.html").as_uri()
-    dom = chromium(tmp_path, "--virtual-time-budget=10000", "--dump-dom", report).stdout
-    status = re.search(r'<div id="report-status"[^>]*>', dom)
-    assert status, "the page's script did not run"
-    fields = dict(re.findall(r'data-([a-z]+)="([^"]*)"', status.group(0)))
-    assert fields["ready"] == "yes" and fields["errors"] == ""
-    assert int(fields["images"]) >= 4 and fields["broken"] == "0"  # DAG, curves of 2 rounds, overlays
-    assert int(fields["tables"]) >= 5
+def element_data(dom: str, element_id: str) -> dict[str, str]:
+    tag = re.search(rf'<div id="{element_id}"[^>]*>', dom)
+    assert tag, f"#{element_id} missing: the page's script did not run"
+    return dict(re.findall(r'data-([a-z0-9-]+)="([^"]*)"', tag.group(0)))
 
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
-    screenshot = artifacts / "report.png"
-    screenshot.unlink(missing_ok=True)
-    chromium(tmp_path, "--window-size=1200,4000", f"--screenshot={screenshot}", report)
-    assert screenshot.exists() and screenshot.stat().st_size > 50_000
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    return shared_report(tmp_path_factory)
+
+
+def test_report_renders_with_every_image_and_no_script_error(report, tmp_path):
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", report.as_uri())
+    status = element_data(dom, "report-status")
+    assert status["ready"] == "yes"
+    assert status["errors"] == ""
+    assert status["broken"] == "0"
+    assert status["images"] == "7"  # rule graph, all-round curves, 2 rounds, 3 overlays
+    assert int(status["tables"]) >= 8
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    chromium(tmp_path / "profile_screenshot", "--window-size=1200,4400", f"--screenshot={SCREENSHOT}", report.as_uri())
+    assert SCREENSHOT.stat().st_size > 50_000  # a blank page is a few kB
+
+
+def test_clicking_a_heading_sorts_the_per_case_table(report, tmp_path):
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", SORT_PROBE + "</body>"))
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    orders = element_data(dom, "sort-probe")
+    assert set(TEST_CASES) == set(orders["dicefirst"].split(","))
+    assert orders["dicefirst"] == "case_c,case_a,case_b" and orders["dicefirstaria"] == "ascending"
+    assert orders["dicesecond"] == "case_b,case_a,case_c" and orders["dicesecondaria"] == "descending"
+    # Undefined HD95 (case_c missed its tumour) sorts last both ways.
+    assert orders["hd95first"] == "case_b,case_a,case_c"
+    assert orders["hd95second"] == "case_a,case_b,case_c"
+    assert element_data(dom, "report-status")["errors"] == ""

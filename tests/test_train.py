@@ -42,6 +42,16 @@ def test_round_split_rotates_patient_folds():
         round_split(["a"], ["a"], 0, 0.25, 1)
 
 
+def test_holdout_is_fixed_and_leaves_a_train_and_val_patient():
+    from segflow.train import holdout_patients
+
+    patients = [f"p{i}" for i in range(30)]
+    sizes = {n: len(holdout_patients(patients[:n], 0.1, seed=1)) for n in (2, 3, 12, 30)}
+    assert sizes == {2: 0, 3: 1, 12: 1, 30: 3}
+    assert holdout_patients(patients, 0.0, 1) == set()
+    assert holdout_patients(patients, 0.1, 1) == holdout_patients(list(reversed(patients)), 0.1, 1)
+
+
 def test_epoch_indices_oversample_foreground():
     foreground = np.array([True] + [False] * 9)
     picks = epoch_indices(foreground, 20, 0.5, np.random.default_rng(0))

@@ -21,6 +21,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.case_ids = [Path(d).name for d in case_dirs]
         self.index = [(c, z) for c, (image, _) in enumerate(self.cases) for z in range(image.shape[0])]
         self.transform = transform
+        self._foreground = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -50,9 +51,11 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform = transform
 
     def foreground_mask(self) -> np.ndarray:
-        """Per item: does the slice contain any foreground label."""
-        flags = [np.asarray(label).reshape(label.shape[0], -1).max(axis=1) > 0 for _, label in self.cases]
-        return np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+        """Per item: does the slice contain any foreground label (computed once: it reads every label volume)."""
+        if self._foreground is None:
+            flags = [np.asarray(label).reshape(label.shape[0], -1).max(axis=1) > 0 for _, label in self.cases]
+            self._foreground = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+        return self._foreground
 
 
 def _plain(tensor) -> torch.Tensor:

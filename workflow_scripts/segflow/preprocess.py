@@ -1,16 +1,17 @@
 """Preprocessing of one case into 2D training slices with MONAI, and the exact way back for predictions.
 
-The chain is the seed's (``seed_transforms`` keeps it as a MONAI dictionary Compose, the reference the tests and
-``benchmarks/preprocess.py`` compare against): load -> channel first -> orientation (RAS) -> optional resampling
-to a target spacing -> in-plane foreground crop on a body threshold -> intensity window to [0, 1] -> gamma ->
-in-plane resize (area); labels follow with nearest neighbour. Slices run along ``slice_axis`` (axial: the last
-axis after orientation to RAS).
+The chain is the seed's, each step configurable under ``preprocess``: load -> channel first -> orientation (RAS)
+-> foreground crop (the body's bounding box, MONAI's CropForeground) -> optional resampling to a target spacing
+-> intensity window to [0, 1] -> gamma -> in-plane resize (area); labels follow with nearest neighbour. Slices
+run along ``slice_axis`` (axial: the last axis after orientation to RAS). ``seed_transforms`` keeps the seed's
+MONAI dictionary Compose over the whole float volume as the reference that tests and benchmarks compare with.
 
-``preprocess_case`` produces the same numbers without ever holding the volume as float: it reads the stored
-integers once, does the orientation as axis flips/transposes of that array (views), crops before any conversion,
-turns the cropped integers into windowed, gamma-corrected float32 through a lookup table built by MONAI's own
-ScaleIntensityRange and power, and resizes slice chunks with MONAI's Resize. Labels are resized by gathering the
-source pixels MONAI's nearest-exact Resize would pick. See docs/preprocessing.md for the figures.
+``preprocess_case`` computes the same numbers (to an ulp; labels identically) at about the cost of reading the
+file: it reads the stored integers once, orients them by axis flips and transposes (views), crops before any
+conversion, turns the cropped integers into windowed, gamma-corrected float32 through a lookup table built with
+MONAI's ScaleIntensityRange and the seed's power, and resizes chunks of slices with MONAI's Resize kernel in the
+file's own memory layout. Labels are resized by gathering the source pixels MONAI's nearest-exact Resize picks.
+docs/preprocessing.md has the figures.
 
 Outputs in the case folder:
 ``image.npy`` float32 (Z, H, W) and ``label.npy`` uint8 (Z, H, W) for the NPY format (memory-mappable), or
@@ -45,7 +46,8 @@ DEFAULTS = {
     "size": [256, 256],
     "png_compress_level": 1,
 }
-CHUNK_BYTES = 64 * 2**20  # float32 working set per slice chunk: bounds memory, large enough to keep torch busy
+# float32 working set per chunk of slices: bounds memory; larger chunks were no faster (benchmarks/preprocess.py)
+CHUNK_BYTES = 64 * 2**20
 
 
 # ---------------------------------------------------------------------------------------------------- geometry
@@ -96,20 +98,18 @@ def from_slices(zhw: np.ndarray, meta: dict) -> np.ndarray:
     return ornt.apply_orientation(oriented, back)
 
 
-def foreground_box(projection: np.ndarray, margin: int) -> tuple[slice, slice]:
-    """Bounding box of the True pixels of a 2D mask plus ``margin``, clipped to the image; all of it if empty."""
+def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Bounding box of the True voxels of a mask plus ``margin`` (MONAI's), clipped to the array; all if empty."""
     from monai.transforms.utils import generate_spatial_bounding_box
 
-    start, end = generate_spatial_bounding_box(projection[None], margin=margin, allow_smaller=True)
-    if any(e <= s for s, e in zip(start, end)):  # nothing above threshold: keep the whole plane
-        start, end = [0, 0], list(projection.shape)
+    start, end = generate_spatial_bounding_box(mask[None], margin=margin, allow_smaller=True)
+    if any(e <= s for s, e in zip(start, end)):  # nothing above threshold: keep everything
+        start, end = [0] * mask.ndim, list(mask.shape)
     # The margin must never reach past the image: a negative start would silently wrap around in slicing.
-    start = [max(0, int(s)) for s in start]
-    end = [min(n, int(e)) for n, e in zip(projection.shape, end)]
-    return slice(start[0], end[0]), slice(start[1], end[1])
+    return tuple(slice(max(0, int(s)), min(n, int(e))) for s, e, n in zip(start, end, mask.shape))
 
 
-def plan_resampling(grid: dict, box: tuple[slice, slice], cfg: dict) -> dict | None:
+def plan_resampling(grid: dict, box: tuple[slice, ...], cfg: dict) -> dict | None:
     """Per-axis map from the resampled grid to the cropped oriented grid for ``preprocess.spacing``, or None.
 
     The output grid is the one MONAI's Spacing (default settings) would build for the cropped block: its shape
@@ -121,7 +121,7 @@ def plan_resampling(grid: dict, box: tuple[slice, slice], cfg: dict) -> dict | N
     from monai.data.utils import compute_shape_offset, zoom_affine
 
     start, shape = [0, 0, 0], list(grid["oriented_shape"])
-    for dim, cut in zip(grid["plane_dims"], box):
+    for dim, cut in zip([grid["slice_dim"], *grid["plane_dims"]], box):
         start[dim], shape[dim] = cut.start, cut.stop - cut.start
     affine = grid["oriented_affine"].copy()
     affine[:3, 3] += affine[:3, :3] @ start
@@ -142,10 +142,8 @@ def plan_resampling(grid: dict, box: tuple[slice, slice], cfg: dict) -> dict | N
 
 
 def _linear_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Neighbours and weight for linear interpolation at ``coords`` (voxel units), clamped at the border.
-
-    The same taps as torch's grid_sample (border padding) and bilinear interpolate (align_corners=False).
-    """
+    """Neighbours and weight for linear interpolation at ``coords`` (voxel units), clamped at the border: the
+    taps of torch's grid_sample with border padding, which MONAI's Spacing uses."""
     x = np.clip(coords, 0, n - 1)
     low = np.floor(x).astype(np.int64)
     return low, np.minimum(low + 1, n - 1), (x - low).astype(np.float32)
@@ -167,12 +165,70 @@ def _resize_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def read_voxels(nii) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """The stored voxel values, read and inflated once, and the NIfTI scaling (slope, inter) if not identity."""
+    """The stored voxel values, read and inflated once, and the NIfTI scaling (slope, inter) if not identity.
+
+    Unscaled float64 comes back as float32: the chain works in float32 anyway (MONAI's loader casts), and the
+    volume then takes half the memory from the moment it is read.
+    """
     proxy = nii.dataobj
     if not hasattr(proxy, "get_unscaled"):  # an in-memory image
         return np.asanyarray(proxy), None
     slope, inter = float(proxy.slope), float(proxy.inter)
-    return proxy.get_unscaled(), None if (slope, inter) == (1.0, 0.0) else (slope, inter)
+    scaling = None if (slope, inter) == (1.0, 0.0) else (slope, inter)
+    if isinstance(proxy.file_like, (str, Path)) and str(proxy.file_like).endswith(".gz"):
+        narrow = scaling is None and np.dtype(proxy.dtype).kind == "f" and np.dtype(proxy.dtype).itemsize > 4
+        return _inflate_stored(proxy, narrow), scaling
+    return proxy.get_unscaled(), scaling  # uncompressed: nibabel memory-maps it
+
+
+def _inflate_stored(proxy, narrow: bool) -> np.ndarray:
+    """The stored array of a .nii.gz, inflated by zlib straight into its final buffer (float32 if ``narrow``).
+
+    nibabel reads through Python's GzipFile, which (before Python 3.12) has no readinto of its own: the whole
+    volume is inflated into one bytes object and then copied, so reading holds it twice and pays a Python call
+    per 8 KiB of data. This holds it once and calls zlib per 16 MiB.
+    """
+    dtype, count = np.dtype(proxy.dtype), int(np.prod(proxy.shape))
+    pieces = _inflated(proxy.file_like, int(proxy.offset), count * dtype.itemsize)
+    if not narrow:
+        buffer = bytearray(count * dtype.itemsize)
+        at = 0
+        for piece in pieces:
+            buffer[at : at + len(piece)] = piece
+            at += len(piece)
+        return np.ndarray(proxy.shape, dtype=dtype, buffer=buffer, order=proxy.order)
+    flat, at, carry = np.empty(count, dtype=np.float32), 0, b""
+    for piece in pieces:  # pieces need not end on a value boundary: carry the partial value over
+        data = carry + piece
+        whole = len(data) // dtype.itemsize
+        flat[at : at + whole] = np.frombuffer(data, dtype=dtype, count=whole)
+        at, carry = at + whole, data[whole * dtype.itemsize :]
+    return flat.reshape(proxy.shape, order=proxy.order)
+
+
+def _inflated(path, skip: int, size: int, piece: int = 2**24):
+    """Yield the decompressed bytes of a gzip file after its first ``skip`` bytes (the header), ``size`` in all.
+
+    Reads on to the end of the gzip member so that zlib checks its CRC; multi-member files are followed.
+    """
+    import zlib
+
+    left, decompressor = size, zlib.decompressobj(wbits=31)
+    with open(path, "rb") as handle:
+        while not (decompressor.eof and left == 0):
+            if decompressor.eof:  # the next member of a concatenated gzip file
+                data, decompressor = decompressor.unused_data, zlib.decompressobj(wbits=31)
+                data = data or handle.read(piece // 4)
+            else:
+                data = decompressor.unconsumed_tail or handle.read(piece // 4)
+            if not data:
+                raise EOFError(f"{path}: compressed data ends before the image does (truncated file?)")
+            chunk = memoryview(decompressor.decompress(data, piece))
+            dropped = min(skip, len(chunk))
+            taken = min(len(chunk) - dropped, left)
+            skip, left = skip - dropped, left - taken
+            if taken:
+                yield chunk[dropped : dropped + taken]
 
 
 def to_hu(values: np.ndarray, scaling) -> np.ndarray:
@@ -196,7 +252,7 @@ def intensity_transform(cfg: dict):
     def apply(hu: np.ndarray) -> np.ndarray:
         # An exact power law on [0, 1]; MONAI's AdjustContrast would rescale by each volume's own min/max.
         out = torch.as_tensor(scale(torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32))))
-        return (out**gamma).numpy()
+        return out.pow_(gamma).numpy()  # in place on scale's fresh output: one chunk-sized copy less
 
     return apply
 
@@ -229,33 +285,82 @@ def _chunks(n: int, slice_pixels: int):
 
 def image_stack(plane: np.ndarray, scaling, cfg: dict, resampling: dict | None = None) -> np.ndarray:
     """Cropped stored values (Z, h, w), any layout -> windowed, gamma-corrected, resized float32 (Z', H, W)."""
+    size = [int(n) for n in cfg["size"]]
+    transform = intensity_transform(cfg)
+    if resampling:
+        return _resampled_image_stack(plane, scaling, transform, size, resampling)
+    lut = intensity_lut(plane.dtype, scaling, transform)
+    # Walk the stored array in its own memory order (KiTS files keep the slice axis innermost, most others
+    # outermost): reading it across the grain costs more than everything else together.
+    stored, flips, order = _memory_order(plane)
+    z_at, n = order.index(0), plane.shape[0]
+    out = np.empty((n, *size), dtype=np.float32)
+    copies = 1 if lut is not None else 2  # the float path holds the chunk as HU and as windowed values
+    for c0, c1 in _chunks(n, copies * plane.shape[1] * plane.shape[2]):
+        chunk = stored[(slice(None),) * z_at + (slice(c0, c1),)]
+        block = lut[_unsigned(chunk)] if lut is not None else transform(to_hu(chunk, scaling))
+        resized = _resize_area(block, order, size)
+        # Area resizing commutes with flips, so the flips the memory order undid are redone on the small result.
+        out[slice(n - c1, n - c0) if flips[0] else slice(c0, c1)] = resized[_reverse(flips)]
+    return out
+
+
+def _memory_order(view: np.ndarray) -> tuple[np.ndarray, list[bool], list[int]]:
+    """The same voxels with every axis running forward in memory, axes ordered outermost first; and how."""
+    flips = [stride < 0 for stride in view.strides]
+    view = view[_reverse(flips)]
+    order = sorted(range(view.ndim), key=lambda axis: -view.strides[axis])
+    return view.transpose(order), flips, order
+
+
+def _reverse(flags) -> tuple[slice, ...]:
+    return tuple(slice(None, None, -1) if flag else slice(None) for flag in flags)
+
+
+def _resize_area(block: np.ndarray, order: list[int], size: list[int]) -> np.ndarray:
+    """MONAI's Resize(mode="area") of each slice of a C-contiguous block whose axes are (slice, row, column)[order].
+
+    MONAI's Resize is ``F.interpolate(img.unsqueeze(0), mode="area")``. Called here directly instead, with the
+    block in its memory layout and an explicit batch stride: unsqueeze would give a slice-innermost block an
+    ambiguous batch stride, and torch would then copy it to NCHW first instead of using its channels-last
+    kernel (several times slower). The result is the same to the bit (tests/test_preprocess.py).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    plane_axes = [axis for axis in order if axis != 0]  # rows and columns, in the order they lie in memory
+    tensor = torch.from_numpy(block).permute(order.index(0), *(order.index(axis) for axis in plane_axes))
+    batch = tensor.as_strided((1, *tensor.shape), (tensor.numel(), *tensor.stride()))
+    resized = F.interpolate(batch, size=[size[axis - 1] for axis in plane_axes], mode="area")[0].numpy()
+    return resized if plane_axes == [1, 2] else resized.transpose(0, 2, 1)
+
+
+def _resampled_image_stack(plane, scaling, transform, size, resampling: dict) -> np.ndarray:
+    """The optional path: resample HU linearly chunk by chunk, then window, gamma and MONAI's Resize."""
     import torch
     from monai.transforms import Resize
 
-    size = [int(n) for n in cfg["size"]]
-    transform = intensity_transform(cfg)
-    lut = None if resampling else intensity_lut(plane.dtype, scaling, transform)
     resize = Resize(spatial_size=size, mode="area")  # the slice chunk is the channel axis: a 2D resize per slice
-    n_out = resampling["shape"][0] if resampling else plane.shape[0]
+    n_out, rows, cols = resampling["shape"]
     out = np.empty((n_out, *size), dtype=np.float32)
-    for z0, z1 in _chunks(n_out, plane.shape[1] * plane.shape[2]):
-        if resampling:
-            block = transform(_resample_block(plane, z0, z1, resampling, scaling))
-        elif lut is not None:
-            block = lut[_unsigned(plane[z0:z1])]
-        else:
-            block = transform(to_hu(plane[z0:z1], scaling))
+    for z0, z1 in _chunks(n_out, rows * cols):
+        block = transform(_resample_block(plane, z0, z1, resampling, scaling))
         out[z0:z1] = torch.as_tensor(resize(torch.from_numpy(block))).numpy()
     return out
 
 
 def _resample_block(plane, z0: int, z1: int, resampling: dict, scaling) -> np.ndarray:
-    """Output slices z0:z1 of the HU volume resampled linearly (MONAI Spacing's bilinear) onto the new grid."""
+    """Output slices z0:z1 of the HU volume resampled (MONAI Spacing's trilinear, done separably)."""
     taps = [
-        _linear_taps(np.arange(n) * scale + offset, n_in)
-        for n, scale, offset, n_in in zip(resampling["shape"], resampling["scale"], resampling["offset"], plane.shape)
+        _linear_taps(np.arange(start, stop) * scale + offset, n_in)
+        for (start, stop), scale, offset, n_in in zip(
+            [(z0, z1), (0, resampling["shape"][1]), (0, resampling["shape"][2])],
+            resampling["scale"],
+            resampling["offset"],
+            plane.shape,
+        )
     ]
-    low, high, weight = (t[z0:z1] for t in taps[0])
+    low, high, weight = taps[0]
     below, above = to_hu(plane[low], scaling), to_hu(plane[high], scaling)
     block = below + (above - below) * weight[:, None, None]
     for axis, (low, high, weight) in ((1, taps[1]), (2, taps[2])):
@@ -270,22 +375,28 @@ def label_stack(plane: np.ndarray, cfg: dict, resampling: dict | None = None) ->
     """Cropped labels (Z, h, w) -> resized uint8 (Z', H, W): nearest neighbour is a pure gather of source pixels.
 
     The source pixel of each output pixel is the one MONAI's nearest-exact Resize picks (pixel centres; torch's
-    plain "nearest" shifts labels by half a pixel), composed with nearest-neighbour resampling if configured.
+    plain "nearest" shifts labels by half a pixel). With resampling, each output pixel centre is traced through
+    resize and resampling and rounded once: rounding twice (Spacing's nearest, then Resize's) jitters edges by
+    up to a source voxel, which costs several points of Dice on a kidney.
     """
     size = [int(n) for n in cfg["size"]]
     if resampling:
-        (n_z, n_h, n_w), scale, offset = resampling["shape"], resampling["scale"], resampling["offset"]
-        z_index = _nearest(np.arange(n_z) * scale[0] + offset[0], plane.shape[0])
-        rows = _nearest(_resize_index(n_h, size[0]) * scale[1] + offset[1], plane.shape[1])
-        cols = _nearest(_resize_index(n_w, size[1]) * scale[2] + offset[2], plane.shape[2])
+        shape, scale, offset = resampling["shape"], resampling["scale"], resampling["offset"]
+        centres = [np.arange(shape[0], dtype=np.float64)]
+        centres += [(np.arange(n_out) + 0.5) * n / n_out - 0.5 for n, n_out in zip(shape[1:], size)]
+        index = [_nearest(c * s + o, n) for c, s, o, n in zip(centres, scale, offset, plane.shape)]
     else:
-        z_index = np.arange(plane.shape[0])
-        rows, cols = _resize_index(plane.shape[1], size[0]), _resize_index(plane.shape[2], size[1])
-    out = np.empty((len(z_index), *size), dtype=np.uint8)
-    for z0, z1 in _chunks(len(z_index), size[0] * size[1]):
-        block = plane[np.ix_(z_index[z0:z1], rows, cols)]
-        out[z0:z1] = np.rint(block) if block.dtype.kind == "f" else block
-    return out
+        index = [None, _resize_index(plane.shape[1], size[0]), _resize_index(plane.shape[2], size[1])]
+    # Gather axis by axis in memory order, outermost first: whole rows and planes move, never single voxels.
+    block, flips, order = _memory_order(plane)
+    for position, axis in enumerate(order):
+        if index[axis] is not None:
+            taken = plane.shape[axis] - 1 - index[axis] if flips[axis] else index[axis]
+            block = np.take(block, taken, axis=position)
+    block = block.transpose(np.argsort(order))
+    if flips[0] and index[0] is None:
+        block = block[::-1]
+    return np.ascontiguousarray(np.rint(block) if block.dtype.kind == "f" else block, dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------------- the case
@@ -307,20 +418,20 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     hu_zhw = to_slices(stored, grid)
     box = _crop_box(hu_zhw, scaling, cfg)
     resampling = plan_resampling(grid, box, cfg)
-    image_zhw = image_stack(hu_zhw[:, box[0], box[1]], scaling, cfg, resampling)
-    cropped_shape = [hu_zhw.shape[0], box[0].stop - box[0].start, box[1].stop - box[1].start]
+    image_zhw = image_stack(hu_zhw[box], scaling, cfg, resampling)
     del stored, hu_zhw  # free the image before the labels are read: the peak is one volume, not two
 
     label_nii = nib.load(str(label_path))
     if tuple(label_nii.shape) != tuple(image_nii.shape):
         raise ValueError(f"{label_path}: shape {list(label_nii.shape)} != image {list(image_nii.shape)}")
-    label_zhw = label_stack(to_slices(np.asanyarray(label_nii.dataobj), grid)[:, box[0], box[1]], cfg, resampling)
+    label_zhw = label_stack(to_slices(read_voxels(label_nii)[0], grid)[box], cfg, resampling)
 
     oriented_zooms = np.sqrt((grid["oriented_affine"][:3, :3] ** 2).sum(axis=0))
     meta = {
         "original_shape": [int(n) for n in image_nii.shape],
         "original_affine": np.asarray(image_nii.affine).tolist(),
         "original_axcodes": "".join(nib.aff2axcodes(image_nii.affine)),
+        "original_spacing": [round(float(z), 6) for z in image_nii.header.get_zooms()[:3]],
         "original_dtype": str(image_nii.get_data_dtype()),
         "axcodes": cfg["orientation"],
         "oriented_shape": grid["oriented_shape"],
@@ -329,8 +440,8 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
         "slice_axis": cfg["slice_axis"],
         "slice_dim": grid["slice_dim"],
         "plane_dims": grid["plane_dims"],
-        "crop_box": [[box[0].start, box[0].stop], [box[1].start, box[1].stop]],
-        "cropped_shape": cropped_shape,  # (slices, rows, columns) on the oriented grid
+        "crop_box": [[cut.start, cut.stop] for cut in box],  # (slices, rows, columns) on the oriented grid
+        "cropped_shape": [cut.stop - cut.start for cut in box],
         "resampling": resampling,
         "size": [int(n) for n in cfg["size"]],
         "n_slices": int(image_zhw.shape[0]),
@@ -345,14 +456,18 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     return meta
 
 
-def _crop_box(hu_zhw: np.ndarray, scaling, cfg: dict) -> tuple[slice, slice]:
+def _crop_box(hu_zhw: np.ndarray, scaling, cfg: dict) -> tuple[slice, slice, slice]:
+    """The seed's CropForeground box (voxels above ``body_threshold`` HU, plus the margin) in (slice, row, col)."""
     if not cfg["crop_foreground"]:
-        return slice(0, hu_zhw.shape[1]), slice(0, hu_zhw.shape[2])
-    # A voxel above the threshold anywhere in the stack <=> the brightest voxel through the stack is above it;
-    # one reduction over the stored integers, no float or boolean volume. fmax/fmin skip NaN.
+        return tuple(slice(0, n) for n in hu_zhw.shape)
+    # Any voxel above the threshold in a line <=> the line's brightest voxel is; so the box comes from the
+    # brightest voxel through the slices and in each slice: reductions of the stored values, no float or
+    # boolean volume. fmax/fmin skip NaN.
     reduce = np.fmin if scaling is not None and scaling[0] < 0 else np.fmax
-    brightest = to_hu(reduce.reduce(hu_zhw, axis=0), scaling)
-    return foreground_box(brightest > cfg["body_threshold"], int(cfg["crop_margin"]))
+    threshold, margin = cfg["body_threshold"], int(cfg["crop_margin"])
+    rows, cols = foreground_box(to_hu(reduce.reduce(hu_zhw, axis=0), scaling) > threshold, margin)
+    (slices,) = foreground_box(to_hu(reduce.reduce(hu_zhw[:, rows, cols], axis=(1, 2)), scaling) > threshold, margin)
+    return slices, rows, cols
 
 
 def _write_slices(folder: Path, image_zhw: np.ndarray, label_zhw: np.ndarray, fmt: str, level: int = 1) -> None:
@@ -377,12 +492,12 @@ def write_png_slices(folder: Path, image_zhw: np.ndarray, label_zhw: np.ndarray,
 
 def _write_slice_index(path: Path, label_zhw: np.ndarray) -> None:
     flat = label_zhw.reshape(len(label_zhw), -1)
-    values = [v for v in np.flatnonzero(np.bincount(label_zhw.ravel(), minlength=256)) if v != 0]
-    present = np.stack([(flat == v).any(axis=1) for v in values], axis=1) if values else np.zeros((len(flat), 0), bool)
+    # One pass per label value (a handful), not a np.unique per slice.
+    present = {v: (flat == v).any(axis=1) for v in range(1, int(flat.max(initial=0)) + 1)}
     fraction = np.count_nonzero(flat, axis=1) / max(1, flat.shape[1])
     lines = ["slice\tlabels\tforeground_fraction"]
-    for index, (row, share) in enumerate(zip(present, fraction)):
-        labels = ",".join(str(v) for v, here in zip(values, row) if here)
+    for index, share in enumerate(fraction):
+        labels = ",".join(str(v) for v, rows in present.items() if rows[index])
         lines.append(f"{index}\t{labels}\t{share:.6f}")
     path.write_text("\n".join(lines) + "\n")
 
@@ -416,24 +531,22 @@ def restore_labels(pred_zhw: np.ndarray, meta: dict) -> np.ndarray:
     padded with background and the orientation undone, so the result has the original shape and axis order.
     """
     pred = np.asarray(pred_zhw)
-    n_slices, n_rows, n_cols = meta["cropped_shape"]
+    cropped_shape = meta["cropped_shape"]
     resampling = meta.get("resampling")
     if resampling:
         grid_shape, scale, offset = resampling["shape"], resampling["scale"], resampling["offset"]
     else:
-        grid_shape, scale, offset = meta["cropped_shape"], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
+        grid_shape, scale, offset = cropped_shape, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
     # Cropped voxel i sits at (i - offset) / scale on the resampled grid, and resampled pixel y sits at
     # (y + 0.5) * size / n - 0.5 in the resized slice (pixel centres, as area and nearest-exact resize map them).
-    at = [(np.arange(n) - o) / s for n, s, o in zip((n_slices, n_rows, n_cols), scale, offset)]
+    at = [(np.arange(n) - o) / s for n, s, o in zip(cropped_shape, scale, offset)]
     z_index = _nearest(at[0], pred.shape[0])
-    rows = _linear_taps((at[1] + 0.5) * pred.shape[1] / grid_shape[1] - 0.5, pred.shape[1])
-    cols = _linear_taps((at[2] + 0.5) * pred.shape[2] / grid_shape[2] - 0.5, pred.shape[2])
+    rows, cols = [(at[axis] + 0.5) * pred.shape[axis] / grid_shape[axis] - 0.5 for axis in (1, 2)]
     cropped = _interpolate_labels(pred, z_index, rows, cols, max(int(meta.get("n_classes", 0)), int(pred.max()) + 1))
 
     oriented = meta["oriented_shape"]
     zhw = np.zeros([oriented[meta["slice_dim"]], *(oriented[d] for d in meta["plane_dims"])], dtype=np.uint8)
-    (r0, r1), (c0, c1) = meta["crop_box"]
-    zhw[:, r0:r1, c0:c1] = cropped
+    zhw[tuple(slice(*cut) for cut in meta["crop_box"])] = cropped
     restored = from_slices(zhw, meta)
     if list(restored.shape) != list(meta["original_shape"]):
         raise RuntimeError(f"restored shape {list(restored.shape)} != original {meta['original_shape']}")
@@ -441,19 +554,26 @@ def restore_labels(pred_zhw: np.ndarray, meta: dict) -> np.ndarray:
 
 
 def _interpolate_labels(pred, z_index, rows, cols, n_classes: int) -> np.ndarray:
-    """Per-class linear interpolation at the given taps and argmax, in chunks of output slices."""
+    """Slices ``z_index`` of a label stack, each class's indicator sampled bilinearly at (rows x cols), argmax.
+
+    grid_sample with border padding samples exactly like the forward resize's pixel-centre geometry, at any
+    positions; chunks of slices bound the memory (one float per class per output voxel of the chunk).
+    """
     import torch
     import torch.nn.functional as F
 
-    out = np.empty((len(z_index), len(rows[0]), len(cols[0])), dtype=np.uint8)
-    (r_low, r_high, r_w), (c_low, c_high, c_w) = [[torch.from_numpy(t) for t in taps] for taps in (rows, cols)]
-    per_slice = n_classes * len(rows[0]) * max(pred.shape[2], len(cols[0]))
+    # Normalised coordinates (align_corners=False): pixel p of n sits at (2p + 1) / n - 1; grid order is (x, y).
+    y, x = [torch.from_numpy((2 * c + 1) / n - 1).float() for c, n in ((rows, pred.shape[1]), (cols, pred.shape[2]))]
+    grid = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1)
+    classes = torch.arange(n_classes, dtype=torch.uint8)[None, :, None, None]
+    out = np.empty((len(z_index), len(rows), len(cols)), dtype=np.uint8)
+    per_slice = n_classes * (len(rows) * len(cols) + pred.shape[1] * pred.shape[2])
     for z0, z1 in _chunks(len(z_index), per_slice):
-        block = torch.from_numpy(np.asarray(pred[z_index[z0:z1]], dtype=np.int64))
-        onehot = F.one_hot(block, n_classes).permute(0, 3, 1, 2).float()  # (z, class, row, column)
-        onehot = torch.lerp(onehot[:, :, r_low], onehot[:, :, r_high], r_w[:, None])
-        onehot = torch.lerp(onehot[..., c_low], onehot[..., c_high], c_w)
-        out[z0:z1] = onehot.argmax(1).numpy()
+        block = torch.from_numpy(np.asarray(pred[z_index[z0:z1]], dtype=np.uint8))
+        onehot = (block[:, None] == classes).float()
+        grid_z = grid.expand(z1 - z0, *grid.shape)
+        probability = F.grid_sample(onehot, grid_z, mode="bilinear", padding_mode="border", align_corners=False)
+        out[z0:z1] = probability.max(dim=1).indices.numpy()  # first maximum on ties, like argmax (10x faster)
     return out
 
 

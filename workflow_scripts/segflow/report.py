@@ -309,7 +309,7 @@ def _round_figure(curve_path: Path, metrics: pd.DataFrame, chosen: int) -> str:
     epochs = details("metrics per epoch", html_table(metrics, formats={c: "{:.4f}" for c in metrics.columns
                                                                        if metrics[c].dtype.kind == "f"}))
     return figure(Path(curve_path).read_bytes(), f"training curves of {title}", title + epochs,
-                  css_class="chosen" if index == chosen else "")
+                  css_class="round chosen" if index == chosen else "round")
 
 
 # --- scores ---------------------------------------------------------------------------------------------------------
@@ -324,7 +324,7 @@ def scores_section(run: Run) -> str:
         "only, not as a comparison of methods.</p>",
         "<h3>Every region and label (mean &plusmn; std over test cases)</h3>",
         all_names_table(run),
-        "<h3>Per test case</h3>",
+        "<h3>Scores per test case</h3>",
         "<p class='note'>Click a column heading to sort (again to reverse). &ndash; marks an undefined HD95 "
         "(exactly one of prediction and reference empty).</p>",
         f"<div class='scroll'>{case_table(run.scores, KITS_METRICS, 'scores-kits')}</div>",
@@ -380,7 +380,10 @@ def all_names_table(run: Run) -> str:
     rows = []
     for name in sorted(by_name, key=lambda n: order.index(n) if n in order else len(order)):
         stats = by_name[name]
-        kind, values = ("region", regions[name]) if name in regions else ("label", [labels.get(name, "?")])
+        if name in regions:  # the same words as summary.tsv
+            kind, values = ("region and label" if name in labels else "region"), regions[name]
+        else:
+            kind, values = "label", [labels.get(name, "?")]
         row = {"name": name, "kind": kind, "labels": "+".join(str(v) for v in values)}
         row.update({METRIC_TITLES[m]: _mean_std(stats[m], m, run.summary["n_cases"]) for m in METRIC_ORDER
                     if m in stats})
@@ -442,7 +445,7 @@ def overlays_section(run: Run) -> str:
     for label, case_id in pick_cases(run.scores, column).items():
         title = f"{label}: {case_id}, {column} {dice[case_id]:.4f}"
         paths = run.inputs.cases[case_id]
-        png = report_figures.overlay_png(paths["image"], paths["reference"], paths["prediction"], title)
+        png = report_figures.overlay_png(paths["image"], paths["reference"], paths["prediction"])
         figures.append(figure(png, f"overlay of {case_id}", title))
     return intro + "<div class='grid'>" + "".join(figures) + "</div>"
 
@@ -561,7 +564,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; } td.na { text-a
 table.kv th { background: #f1f3f6; white-space: nowrap; } table.kv td { max-width: 900px; }
 table.kits td:last-child, table.kits th:last-child { background: #fff6e0; }
 tr.left-out { background: #fdecea !important; color: #7a2a22; } tr.chosen { background: #e3f3e3 !important; font-weight: 600; }
-table.sortable th[data-column] { cursor: pointer; user-select: none; }
+table.sortable th[data-column] { cursor: pointer; user-select: none; white-space: nowrap; }
 table.sortable th[data-column]::after { content: " \\2195"; color: #9aa; }
 table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; color: #24364f; }
 table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; color: #24364f; }
@@ -569,7 +572,7 @@ th.group { text-align: center; } table.nowrap td { white-space: nowrap; }
 .scroll { overflow-x: auto; } .note { font-size: 0.85em; color: #555; max-width: 900px; }
 .grid { display: flex; flex-wrap: wrap; gap: 1.2em; align-items: flex-start; }
 figure { margin: 0.5em 0; } figure.chosen figcaption { color: #2a7a2a; font-weight: 600; }
-figure.graph img { width: 640px; }
+figure.graph img { width: 640px; } figure.round img { max-width: 530px; }
 figcaption { font-size: 0.85em; color: #444; max-width: 820px; }
 img { max-width: 100%; height: auto; }
 details { margin: 0.5em 0 1em; } summary { cursor: pointer; color: #24364f; }

@@ -178,9 +178,10 @@ def training_curves_png(rounds: Sequence[pd.DataFrame], chosen_round: int, best_
             _plot_round(ax, panel, frame, x, colour, f"round {round_index}")
             if round_index == chosen_round:
                 ax.axvspan(x[0] - 0.5, x[-1] + 0.5, color="#2a7a2a", alpha=0.08, lw=0)
-                if best_epoch is not None and best_epoch < len(frame):
+                kept = np.flatnonzero(frame["epoch"].to_numpy() == best_epoch)
+                if len(kept):
                     column = "val_loss" if panel == "loss" else "val_dice"
-                    ax.plot(x[best_epoch], frame[column].iloc[best_epoch], "*", color="#2a7a2a", ms=11, zorder=5,
+                    ax.plot(x[kept[0]], frame[column].iloc[kept[0]], "*", color="#2a7a2a", ms=11, zorder=5,
                             label=f"kept: round {round_index}, epoch {best_epoch}")
         start += len(frame)
     for ax, panel in zip(axes[0], panels):
@@ -203,7 +204,7 @@ def _plot_round(ax, panel: str, frame: pd.DataFrame, x, colour, name: str) -> No
 # --- overlays -------------------------------------------------------------------------------------------------------
 
 
-def overlay_png(image_path, reference_path, prediction_path, title: str) -> bytes:
+def overlay_png(image_path, reference_path, prediction_path) -> bytes:
     """Axial and coronal CT planes through the largest extent of the reference (the prediction's if the
     reference is empty), with reference and prediction contours; radiological view (patient right on the left)."""
     import nibabel as nib
@@ -211,12 +212,12 @@ def overlay_png(image_path, reference_path, prediction_path, title: str) -> byte
     volumes = [nib.as_closest_canonical(nib.load(str(p))) for p in (image_path, reference_path, prediction_path)]
     image, reference, prediction = (np.asarray(v.dataobj) for v in volumes)
     sx, sy, sz = (float(s) for s in volumes[0].header.get_zooms()[:3])
-    x_, y, z = _centre_planes(reference if reference.any() else prediction)
+    _, y, z = _centre_planes(reference if reference.any() else prediction)
     planes = [
         ("axial", lambda v: _radiological(v[:, :, z]), sy / sx),
         ("coronal", lambda v: _radiological(v[:, y, :]), sz / sx),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4), gridspec_kw={"width_ratios": [1, 1]})
+    fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
     for ax, (name, cut, aspect) in zip(axes, planes):
         ax.imshow(cut(image), cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=aspect,
                   interpolation="nearest")
@@ -224,7 +225,6 @@ def overlay_png(image_path, reference_path, prediction_path, title: str) -> byte
             _contours(ax, cut(labels), style)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
-    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, "png")
 

@@ -77,12 +77,14 @@ class Terminated(Exception):
 
 
 def holdout_patients(patients: list[str], fraction: float, seed: int) -> set[str]:
-    """A fixed set of trainval patients kept out of every round: the one yardstick all rounds are measured on."""
+    """A fixed set of trainval patients kept out of every round: the one yardstick all rounds are measured on.
+
+    At least one patient when ``fraction`` > 0, so that rounds.tsv can compare rounds even on tiny datasets, but
+    never so many that a round lacks a train and a val patient.
+    """
     unique = sorted(set(patients))
-    n_holdout = int(round(fraction * len(unique)))
-    if fraction > 0 and len(unique) >= 4:
-        n_holdout = max(1, n_holdout)
-    n_holdout = min(n_holdout, max(0, len(unique) - 2))  # rounds still need a train and a val patient
+    n_holdout = max(1, int(round(fraction * len(unique)))) if fraction > 0 else 0
+    n_holdout = min(n_holdout, max(0, len(unique) - 2))
     return set(sorted(unique, key=lambda p: derive_seed(seed, "holdout", p))[:n_holdout])
 
 
@@ -204,10 +206,10 @@ def train_round(
 ) -> pd.DataFrame:
     """Train one round (resuming from its saved state when there is one); return the per-epoch metrics."""
     torch.set_num_threads(max(1, threads))
-    setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
-    fingerprint = _fingerprint(cfg, seed, round_index, sorted(case_dirs), init_checkpoint)
-    state = _resume(setup, outputs.resume_state, fingerprint)
-    with _sigterm_raises():
+    with _stop_on_sigterm():
+        setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
+        fingerprint = _fingerprint(cfg, seed, round_index, sorted(case_dirs), init_checkpoint)
+        state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
             state.record(_run_epoch(setup, state.next_epoch), setup.model)
             write_table(outputs.metrics, pd.DataFrame(state.rows), sep=",")  # readable while the round runs
@@ -317,6 +319,7 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tup
     total, count, overlap = 0.0, 0, np.zeros(2)
     progress = _ProgressBar(len(loader), f"round {setup.round_index}")
     for batch in loader:
+        _check_stop()
         images, labels = _to_device(batch, device)
         setup.optimiser.zero_grad(set_to_none=True)
         with autocast_for(device, setup.amp_dtype):
@@ -329,7 +332,7 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tup
         setup.scaler.update()
         total += loss.item() * len(images)
         count += len(images)
-        pred, ref = logits.detach().argmax(1) > 0, labels[:, 0] > 0
+        pred, ref = _predicts_foreground(logits.detach()), labels[:, 0] > 0
         overlap += [float((pred & ref).sum()), float(pred.sum() + ref.sum())]
         progress.step(total / count)
     progress.close()
@@ -366,12 +369,13 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
     class_inter, class_volume = np.zeros(n_classes), np.zeros(n_classes)
     tp = fp = fn = 0.0
     for batch in loader:
+        _check_stop()
         images, labels = _to_device(batch, device)
         with autocast_for(device, amp_dtype):
             logits = model(images).float()
         total += float(loss_fn(logits, labels)) * len(images)
         count += len(images)
-        pred, ref = logits.argmax(1), labels[:, 0]
+        pred, ref = _class_labels(logits), labels[:, 0]
         for c in range(1, n_classes):
             class_inter[c] += float(((pred == c) & (ref == c)).sum())
             class_volume[c] += float((pred == c).sum() + (ref == c).sum())
@@ -383,6 +387,16 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
         loss=total / max(count, 1), dice=_ratio(2 * tp, 2 * tp + fp + fn), iou=_ratio(tp, tp + fp + fn),
         precision=_ratio(tp, tp + fp), recall=_ratio(tp, tp + fn), class_dice=class_dice,
     )
+
+
+def _class_labels(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over classes; with the class axis moved last it is several times faster on CPU than argmax(1)."""
+    return logits.movedim(1, -1).contiguous().argmax(-1)
+
+
+def _predicts_foreground(logits: torch.Tensor) -> torch.Tensor:
+    """argmax > 0 (some class beats background; ties go to background as with argmax), without an argmax."""
+    return logits[:, 1:].amax(1) > logits[:, 0]
 
 
 def _ratio(numerator: float, denominator: float) -> float:
@@ -399,6 +413,7 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
     model.eval()
     losses = []
     for start in range(0, len(dataset), batch_size):
+        _check_stop()
         samples = [dataset.untransformed(i) for i in range(start, min(start + batch_size, len(dataset)))]
         batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "label")}
         images, labels = _to_device(batch, device)
@@ -504,22 +519,37 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
     return metrics
 
 
+_stop_signal: int | None = None  # set by the SIGTERM handler, acted on between batches
+
+
+def _check_stop() -> None:
+    """Raise Terminated at a batch boundary once SIGTERM has arrived."""
+    if _stop_signal is not None:
+        raise Terminated(f"received signal {_stop_signal}; the last completed epoch is saved and will be resumed on rerun")
+
+
 @contextlib.contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM (scheduler preemption, time limit) into an exception that aborts the epoch in progress.
+def _stop_on_sigterm():
+    """SIGTERM (a scheduler's time limit or preemption, scancel) stops the round at the next batch boundary.
 
-    The state of the last completed epoch is already on disk (written atomically), so the job can exit at once,
-    non-zero, well inside SLURM's grace period before SIGKILL; the rerun resumes from that epoch.
+    The handler only records the signal: an exception raised at an arbitrary point would be rewrapped by libraries
+    (MONAI turns errors inside transforms into RuntimeError) or cut a write short. The last completed epoch's
+    state is already on disk, so the job exits within a batch, non-zero, well inside SLURM's grace period before
+    SIGKILL, and the rerun resumes from that epoch.
     """
+    global _stop_signal
 
-    def handler(signum, frame):
-        raise Terminated(f"received signal {signum}; the last completed epoch is saved and will be resumed on rerun")
+    def record(signum, frame):
+        global _stop_signal
+        _stop_signal = signum
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    _stop_signal = None
+    previous = signal.signal(signal.SIGTERM, record)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _stop_signal = None
 
 
 class _ProgressBar:
@@ -579,13 +609,12 @@ def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dic
     torch.set_num_threads(max(1, threads))
     device = pick_device(cfg["device"])
     dataset = SliceDataset(case_dirs)
-    loss_fn = build_loss(cfg)
+    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
     results = []
     for checkpoint in checkpoints:
         model, meta = load_model(checkpoint, device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-        dtype = amp_dtype_for(device, cfg)
         results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
     return results
 
