@@ -1,7 +1,7 @@
 """The tiny pipeline through a real single-node SLURM cluster (tests/slurm/run_slurm_test.sh).
 
-It installs and starts slurm-wlm and munge, so it needs root and apt: it runs when SEGFLOW_SLURM=1 (CI sets it;
-`make test-slurm` runs the script directly) and is skipped otherwise.
+It installs and starts slurm-wlm and munge, so it needs root and apt: it runs when SEGFLOW_SLURM=1 and is skipped otherwise.
+`make test-slurm` (which CI's .ci/run calls after `make test`) runs the script directly.
 """
 
 import os
