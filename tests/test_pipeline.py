@@ -91,6 +91,16 @@ def test_report_is_self_contained(finished_run):
     assert not re.search(r"""src=['"](?!data:)""", html), "external resource in the report"
 
 
+def test_snakemakes_own_report_holds_the_marked_outputs(finished_run, tmp_path):
+    target = tmp_path / "snakemake_report.html"
+    snakemake(finished_run, "--report", str(target))
+    html = target.read_text()
+    for name in ["report.html", "cases.tsv", "curves.png", "rounds.tsv", "scores.tsv", "summary.tsv"]:
+        assert name in html, name
+    for caption in ["segflow: kidney and tumour", "One row per case", "Best epoch of each training round"]:
+        assert caption in html, caption  # the workflow description and the captions under report/
+
+
 def test_nothing_to_do_after_a_complete_run(finished_run):
     process = snakemake(finished_run, "-n")
     assert "Nothing to be done" in process.stdout + process.stderr
