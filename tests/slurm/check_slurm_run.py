@@ -39,11 +39,12 @@ def main(slurm_dir: Path, local_dir: Path) -> None:
     local_jobs = [rule for kind, rule in headers if kind.startswith("local")]
     remote_jobs = Counter(rule for kind, rule in headers if not kind.startswith("local"))
     assert local_jobs == ["all"], f"jobs that ran outside SLURM: {local_jobs}"
-    submitted = {int(job_id): Path(log_path) for _, job_id, log_path in SUBMITTED.findall(log)}
+    submissions = SUBMITTED.findall(log)  # (Snakemake job, SLURM job id, SLURM log)
+    submitted = {int(job_id): Path(log_path) for _, job_id, log_path in submissions}
     # Snakemake's threads for each job (its header says "threads: N" when N > 1), by SLURM job id.
     threads_of_job = {int(job): int(m.group(1)) if (m := re.search(r"^    threads: (\d+)$", block, re.M)) else 1
                       for job, block in JOB_BLOCK.findall(log)}
-    threads = {int(job_id): threads_of_job[int(job)] for job, job_id, _ in SUBMITTED.findall(log)}
+    threads = {int(job_id): threads_of_job[int(job)] for job, job_id, _ in submissions}
     rule_of = {job_id: path.relative_to(slurm_dir / ".snakemake/slurm_logs").parts[0].removeprefix("rule_")
                for job_id, path in submitted.items()}
     assert Counter(rule_of.values()) == remote_jobs, f"jobs run {dict(remote_jobs)}, submitted {Counter(rule_of.values())}"

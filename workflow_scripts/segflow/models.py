@@ -75,3 +75,9 @@ def load_weights(model: torch.nn.Module, checkpoint_path) -> dict:
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     model.load_state_dict(checkpoint["model"])
     return checkpoint
+
+
+def class_labels(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over the class axis of (N, C, H, W) logits (first maximum on ties). With the class axis moved last
+    it is several times faster on CPU than ``argmax(1)``."""
+    return logits.movedim(1, -1).contiguous().argmax(-1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from segflow.io import read_json, save_nifti
-from segflow.models import build_model, load_weights
+from segflow.models import build_model, class_labels, load_weights
 from segflow.preprocess import load_case, restore_labels
 from segflow.train import pick_device
 
@@ -29,7 +29,7 @@ def predict_slices(model: torch.nn.Module, image_zhw: np.ndarray, batch_size: in
     out = np.empty(image_zhw.shape, dtype=np.uint8)
     for start in range(0, image_zhw.shape[0], batch_size):
         batch = torch.from_numpy(np.array(image_zhw[start : start + batch_size], dtype=np.float32))[:, None]
-        out[start : start + batch_size] = model(batch.to(device)).argmax(1).cpu().numpy().astype(np.uint8)
+        out[start : start + batch_size] = class_labels(model(batch.to(device))).cpu().numpy().astype(np.uint8)
     return out
 
 

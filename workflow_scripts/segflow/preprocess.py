@@ -424,7 +424,10 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     label_nii = nib.load(str(label_path))
     if tuple(label_nii.shape) != tuple(image_nii.shape):
         raise ValueError(f"{label_path}: shape {list(label_nii.shape)} != image {list(image_nii.shape)}")
-    label_zhw = label_stack(to_slices(read_voxels(label_nii)[0], grid)[box], cfg, resampling)
+    labels, label_scaling = read_voxels(label_nii)
+    if label_scaling is not None:  # rare for labels, but the stored values are then not the label values
+        labels = to_hu(labels, label_scaling)
+    label_zhw = label_stack(to_slices(labels, grid)[box], cfg, resampling)
 
     oriented_zooms = np.sqrt((grid["oriented_affine"][:3, :3] ** 2).sum(axis=0))
     meta = {
