@@ -1,0 +1,342 @@
+"""Tests of segflow.postprocess on hand-made label maps: the two steps, apply() and the holdout decision.
+
+Label maps are (z, y, x) blocks of a few thousand voxels: kidneys are boxes, masses small boxes on or off them.
+"""
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from segflow import postprocess as pp
+
+SHAPE = (24, 40, 60)
+
+
+def box(labels, value, z, y, x):
+    """Paint the box [z0, z1) x [y0, y1) x [x0, x1) with value; returns labels for chaining."""
+    labels[z[0] : z[1], y[0] : y[1], x[0] : x[1]] = value
+    return labels
+
+
+def two_kidneys(dtype=np.uint8):
+    labels = np.zeros(SHAPE, dtype=dtype)
+    box(labels, 1, (4, 20), (10, 30), (5, 20))  # left kidney, 16*20*15 = 4800 voxels
+    box(labels, 1, (4, 20), (10, 30), (40, 54))  # right kidney, 16*20*14 = 4480 voxels
+    return labels
+
+
+# --- keep_largest_foreground -------------------------------------------------------------------------------------
+
+
+def test_two_kidneys_and_a_spurious_blob():
+    expected = two_kidneys()
+    labels = box(expected.copy(), 1, (1, 3), (1, 3), (28, 30))  # 8 voxels, far from both kidneys
+    out = pp.keep_largest_foreground(labels)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_masses_go_with_their_kidney_and_spurious_masses_go():
+    expected = two_kidneys()
+    box(expected, 2, (8, 12), (14, 18), (18, 22))  # tumour bulging out of the left kidney
+    box(expected, 3, (10, 12), (20, 22), (38, 41))  # cyst on the right kidney's edge
+    labels = box(expected.copy(), 2, (20, 23), (34, 38), (28, 31))  # isolated tumour-labelled blob
+    out = pp.keep_largest_foreground(labels)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_single_kidney():
+    kidney = box(np.zeros(SHAPE, np.uint8), 1, (4, 20), (10, 30), (5, 20))
+    np.testing.assert_array_equal(pp.keep_largest_foreground(kidney), kidney)
+    with_blob = box(kidney.copy(), 1, (1, 3), (1, 3), (40, 42))
+    # With one kidney the blob is the second-largest component: n_components=2 keeps it, 1 drops it.
+    np.testing.assert_array_equal(pp.keep_largest_foreground(with_blob), with_blob)
+    np.testing.assert_array_equal(pp.keep_largest_foreground(with_blob, n_components=1), kidney)
+
+
+def test_horseshoe_kidney_is_one_component_and_stays_whole():
+    horseshoe = two_kidneys()
+    box(horseshoe, 1, (16, 20), (24, 30), (20, 40))  # isthmus joining the lower poles
+    labels = box(horseshoe.copy(), 1, (1, 3), (1, 3), (28, 30))
+    np.testing.assert_array_equal(pp.keep_largest_foreground(labels, n_components=1), horseshoe)
+
+
+def test_min_fraction_keeps_a_large_third_fragment():
+    labels = two_kidneys()
+    box(labels, 1, (21, 24), (31, 40), (2, 22))  # a third piece split off the left kidney: 540 voxels
+    box(labels, 1, (1, 3), (1, 3), (28, 30))  # 8 voxels
+    out = pp.keep_largest_foreground(labels, min_fraction=0.1)  # 540 >= 0.1 * 4800, 8 is not
+    expected = labels.copy()
+    expected[1:3, 1:3, 28:30] = 0
+    np.testing.assert_array_equal(out, expected)
+    # Without the fraction rule the fragment is the third component and goes.
+    out = pp.keep_largest_foreground(labels, min_fraction=2.0)
+    expected[21:24, 31:40, 2:22] = 0
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_diagonal_contact_is_connection():
+    labels = two_kidneys()
+    labels[3, 9, 4] = 1  # touches the left kidney's corner (4, 10, 5) only diagonally
+    out = pp.keep_largest_foreground(labels, min_fraction=2.0)
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_equal_sizes_break_ties_in_raster_order():
+    labels = np.zeros(SHAPE, np.uint8)
+    for x in (5, 25, 45):
+        box(labels, 1, (5, 10), (5, 10), (x, x + 5))
+    out = pp.keep_largest_foreground(labels, min_fraction=2.0)
+    assert out[5:10, 5:10, 5:10].all() and out[5:10, 5:10, 25:30].all()
+    assert not out[5:10, 5:10, 45:50].any()
+
+
+def test_keep_largest_agrees_with_a_loop_over_components():
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE))
+        labels = labels.astype(np.uint8)
+        ids, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+        sizes = [(int((ids == i).sum()), i) for i in range(1, n + 1)]
+        largest = max(s for s, _ in sizes)
+        ranked = sorted(sizes, key=lambda t: (-t[0], t[1]))
+        keep = {i for _, i in ranked[:2]} | {i for s, i in sizes if s >= 0.3 * largest}
+        expected = np.where(np.isin(ids, list(keep)), labels, 0)
+        np.testing.assert_array_equal(pp.keep_largest_foreground(labels, 2, 0.3), expected, err_msg=str(trial))
+
+
+# --- drop_masses_outside_kidneys ---------------------------------------------------------------------------------
+
+
+def test_mass_touching_kidney_kept_isolated_mass_removed():
+    expected = two_kidneys()
+    box(expected, 2, (8, 12), (14, 18), (18, 23))  # tumour overlapping the left kidney's edge
+    box(expected, 2, (8, 12), (14, 18), (20, 24))  # grows out of it
+    labels = box(expected.copy(), 2, (8, 12), (14, 18), (28, 32))  # tumour in the gap, touching nothing
+    out = pp.drop_masses_outside_kidneys(labels)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_cysts():
+    expected = two_kidneys()
+    box(expected, 3, (6, 9), (30, 33), (44, 48))  # cyst on the right kidney's surface (face contact at y=30)
+    labels = box(expected.copy(), 3, (1, 3), (34, 38), (2, 5))  # cyst alone
+    np.testing.assert_array_equal(pp.drop_masses_outside_kidneys(labels), expected)
+
+
+def test_mass_chain_and_diagonal_contact():
+    expected = two_kidneys()
+    # tumour touching the left kidney's corner (4, 10, 5) diagonally, and a cyst touching only that tumour
+    box(expected, 2, (1, 4), (7, 10), (2, 5))
+    box(expected, 3, (1, 4), (4, 7), (2, 5))
+    # a tumour and a cyst touching each other but no kidney
+    labels = box(expected.copy(), 2, (1, 4), (34, 38), (28, 31))
+    box(labels, 3, (1, 4), (34, 38), (31, 34))
+    np.testing.assert_array_equal(pp.drop_masses_outside_kidneys(labels), expected)
+
+
+def test_kidney_alone_and_masses_alone():
+    kidneys = two_kidneys()
+    np.testing.assert_array_equal(pp.drop_masses_outside_kidneys(kidneys), kidneys)
+    masses_only = np.where(kidneys > 0, 2, 0).astype(np.uint8)
+    assert not pp.drop_masses_outside_kidneys(masses_only).any()
+
+
+def test_drop_masses_agrees_with_dilated_kidney_definition():
+    """The one-labelling implementation equals the definition: a mass component survives iff it overlaps the
+    kidney dilated by one voxel in 26-connectivity."""
+    rng = np.random.default_rng(1)
+    full = np.ones((3, 3, 3), bool)
+    for trial in range(5):
+        labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE))
+        labels = labels.astype(np.uint8)
+        near_kidney = ndimage.binary_dilation(labels == 1, structure=full)
+        ids, n = ndimage.label(np.isin(labels, (2, 3)), structure=full)
+        touching = np.unique(ids[near_kidney & (ids > 0)])
+        expected = np.where((ids > 0) & ~np.isin(ids, touching), 0, labels)
+        np.testing.assert_array_equal(pp.drop_masses_outside_kidneys(labels), expected, err_msg=str(trial))
+
+
+# --- apply -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [[], ["largest_foreground"], ["masses_in_kidneys"], list(pp.STEPS)])
+def test_empty_input_stays_empty(steps):
+    labels = np.zeros(SHAPE, np.uint8)
+    out = pp.apply(labels, steps)
+    assert out.dtype == np.uint8 and out.shape == SHAPE and not out.any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64])
+def test_dtype_preserved_and_input_untouched(dtype):
+    labels = box(two_kidneys(dtype), 2, (1, 3), (1, 3), (28, 30))
+    before = labels.copy()
+    out = pp.apply(labels, ["largest_foreground", "masses_in_kidneys"])
+    assert out.dtype == dtype and out is not labels
+    np.testing.assert_array_equal(labels, before)
+    np.testing.assert_array_equal(out, two_kidneys(dtype))
+
+
+def test_apply_order_options_and_2d():
+    labels = two_kidneys()
+    box(labels, 2, (1, 3), (1, 4), (28, 31))  # isolated mass, 18 voxels
+    box(labels, 1, (20, 23), (34, 38), (28, 30))  # kidney blob, 24 voxels
+    # masses first removes the mass; largest_foreground (k=2) then removes the blob
+    np.testing.assert_array_equal(pp.apply(labels, ["masses_in_kidneys", "largest_foreground"]), two_kidneys())
+    # k=3 keeps the blob as third component
+    out = pp.apply(labels, ["masses_in_kidneys", "largest_foreground"], {"largest_foreground": {"n_components": 3}})
+    assert out[21, 35, 29] == 1 and out[2, 2, 29] == 0
+    flat = labels[10]
+    np.testing.assert_array_equal(pp.apply(flat, ["largest_foreground"]), two_kidneys()[10])
+
+
+def test_unknown_step_and_bad_arguments():
+    with pytest.raises(ValueError, match="unknown post-processing step"):
+        pp.apply(two_kidneys(), ["largest_kidney"])
+    with pytest.raises(ValueError, match="unknown post-processing step"):
+        pp.apply(two_kidneys(), [], {"typo": {}})
+    with pytest.raises(ValueError):
+        pp.keep_largest_foreground(two_kidneys(), n_components=0)
+    with pytest.raises(ValueError):
+        pp.apply(np.zeros(5, np.uint8), [])
+
+
+def test_deterministic():
+    rng = np.random.default_rng(2)
+    labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE))
+    labels = labels.astype(np.uint8)
+    first = pp.apply(labels, list(pp.STEPS))
+    for _ in range(3):
+        np.testing.assert_array_equal(pp.apply(labels.copy(), list(pp.STEPS)), first)
+
+
+# --- dice and decide ---------------------------------------------------------------------------------------------
+
+
+def test_dice_kits_convention():
+    empty = np.zeros((3, 3), bool)
+    one = empty.copy()
+    one[1, 1] = True
+    assert pp.dice(empty, empty) == 1.0
+    assert pp.dice(one, empty) == 0.0 and pp.dice(empty, one) == 0.0
+    two = one.copy()
+    two[1, 2] = True
+    assert pp.dice(one, two) == 2 * 1 / 3
+
+
+def test_region_scores_crop_does_not_change_dice():
+    ref = two_kidneys()
+    box(ref, 2, (8, 12), (14, 18), (18, 22))
+    pred = ref.copy()
+    pred[8:10] = 0
+    got = pp.region_scores(pred, ref)
+    for name, values in pp.KITS_REGIONS.items():
+        assert got[name] == pp.dice(np.isin(pred, values), np.isin(ref, values))
+    assert pp.region_scores(np.zeros(SHAPE), np.zeros(SHAPE)) == dict.fromkeys(pp.KITS_REGIONS, 1.0)
+
+
+def holdout():
+    """Three cases. Predictions carry a spurious kidney blob (largest_foreground helps kidney_and_masses) and a
+    real exophytic tumour predicted without its kidney contact (masses_in_kidneys would drop it and hurt)."""
+    predictions, references = [], []
+    for shift in range(3):
+        ref = two_kidneys()
+        box(ref, 2, (8, 12), (14, 18), (20 + shift, 24 + shift))  # tumour on the left kidney
+        pred = ref.copy()
+        pred[8:12, 14:18, 20:22] = 0  # the contact voxels predicted as background: tumour now isolated
+        box(pred, 1, (1, 3), (1, 3), (28, 30))  # spurious blob
+        predictions.append(pred)
+        references.append(ref)
+    return predictions, references
+
+
+def test_decide_keeps_a_step_that_helps_and_rejects_one_that_hurts():
+    predictions, references = holdout()
+    # The isolated tumour (32 to 64 voxels) is the third-largest component; min_fraction 0.005 (24 voxels) keeps
+    # it, so that only the 8-voxel blob goes.
+    options = {"largest_foreground": {"min_fraction": 0.005}}
+    steps, table = pp.decide(predictions, references, ["largest_foreground", "masses_in_kidneys"], options=options)
+    assert steps == ["largest_foreground"]
+    rows = {(r["step"], r["region"]): r for r in table}
+    assert len(table) == 2 * len(pp.KITS_REGIONS)
+    assert rows["largest_foreground", "kidney_and_masses"]["delta"] > 0
+    assert rows["largest_foreground", "masses"]["delta"] == 0 and rows["largest_foreground", "tumor"]["delta"] == 0
+    assert rows["masses_in_kidneys", "masses"]["delta"] < 0 and not rows["masses_in_kidneys", "masses"]["kept"]
+    assert rows["masses_in_kidneys", "masses"]["applied_before"] == "largest_foreground"
+    assert rows["largest_foreground", "tumor"]["applied_before"] == ""
+    # the "without" of the second step is the "with" of the first: it is scored on top of the kept step
+    for region in pp.KITS_REGIONS:
+        assert rows["masses_in_kidneys", region]["without"] == rows["largest_foreground", region]["with"]
+    json.dumps(table)  # plain types
+    assert {type(v) for r in table for v in r.values()} <= {str, int, float, bool}
+
+
+def test_decide_keeps_masses_step_when_it_helps():
+    predictions, references = [], []
+    for _ in range(2):
+        ref = two_kidneys()
+        pred = box(ref.copy(), 3, (1, 3), (34, 38), (28, 31))  # spurious isolated cyst
+        predictions.append(pred)
+        references.append(ref)
+    steps, table = pp.decide(predictions, references, ["masses_in_kidneys"])
+    assert steps == ["masses_in_kidneys"]
+    rows = {r["region"]: r for r in table}
+    assert rows["masses"]["without"] == 0.0 and rows["masses"]["with"] == 1.0  # both empty after removal: 1
+
+
+def test_decide_rejects_a_step_that_changes_nothing_and_one_that_trades_regions():
+    references = [two_kidneys()]
+    steps, table = pp.decide([two_kidneys()], references)
+    assert steps == [] and all(r["delta"] == 0 and not r["kept"] for r in table)
+    # Removing a true isolated mass together with a spurious one lowers masses and tumor: rejected.
+    ref = two_kidneys()
+    box(ref, 2, (1, 3), (34, 38), (28, 31))  # a real isolated mass in the reference
+    pred = ref.copy()
+    box(pred, 2, (20, 24), (0, 8), (25, 35))  # plus a spurious large isolated mass
+    # masses_in_kidneys removes both: masses/tumor fall from 2*24/(344+24) to 0 (the reference still has one)
+    steps, _ = pp.decide([pred], [ref], ["masses_in_kidneys"])
+    assert steps == []
+
+
+def test_decide_strict_no_loss_rule():
+    """A step whose mean over regions rises is still rejected when one region falls (nnU-Net's rule)."""
+    without = {"a": 0.5, "b": 0.5, "c": 0.5}
+    assert pp._improves(without, {"a": 0.9, "b": 0.5, "c": 0.5}, 1e-6)
+    assert not pp._improves(without, {"a": 0.9, "b": 0.49, "c": 0.5}, 1e-6)
+    assert not pp._improves(without, {"a": 0.5 + 1e-7, "b": 0.5, "c": 0.5}, 1e-6)  # within tolerance: a tie
+    assert pp._improves(without, {"a": 0.9, "b": 0.5 - 1e-7, "c": 0.5}, 1e-6)  # rounding noise is no loss
+
+
+def test_decide_with_loaders_score_fn_and_determinism():
+    predictions, references = holdout()
+    calls = []
+
+    def loader(array):
+        def load():
+            calls.append(1)
+            return array
+
+        return load
+
+    def fp_free(pred, ref):  # 1 when the prediction has no voxel outside the reference
+        return float(not (pred & ~ref).any())
+
+    options = {"largest_foreground": {"min_fraction": 0.005}}
+    lazy = pp.decide([loader(p) for p in predictions], [loader(r) for r in references], options=options)
+    eager = pp.decide(predictions, references, options=options)
+    assert lazy == eager and calls
+    steps, table = pp.decide(predictions, references, ["largest_foreground"], score_fn=fp_free, options=options)
+    assert steps == ["largest_foreground"]
+    assert {r["region"]: r["with"] for r in table}["kidney_and_masses"] == 1.0
+
+
+def test_decide_argument_checks():
+    with pytest.raises(ValueError):
+        pp.decide([two_kidneys()], [], ["largest_foreground"])
+    with pytest.raises(ValueError):
+        pp.decide([], [], ["largest_foreground"])
+    with pytest.raises(ValueError, match="unknown"):
+        pp.decide([two_kidneys()], [two_kidneys()], ["nope"])
+    with pytest.raises(ValueError):
+        pp.decide([two_kidneys()], [two_kidneys()[:5]], ["largest_foreground"])

@@ -1,0 +1,319 @@
+"""Post-processing of predicted KiTS label maps, and its decision on a fixed holdout (nnU-Net style).
+
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Two steps, each a function from a label map to a new label map
+of the same shape and dtype (the input is never modified):
+
+* ``largest_foreground`` (:func:`keep_largest_foreground`): connected components of the foreground (labels > 0,
+  the KiTS region kidney_and_masses), full connectivity (26 in 3D). The ``n_components`` largest are kept (two, for
+  two kidneys), and any further component at least ``min_fraction`` of the largest one (a kidney that the model
+  split in two); the rest become background. A horseshoe kidney is one component and stays whole.
+* ``masses_in_kidneys`` (:func:`drop_masses_outside_kidneys`): a mass (tumour or cyst) is kept only if it touches
+  kidney. Precisely: a 26-connected component of labels {2, 3} is removed (set to 0) when none of its voxels is
+  26-adjacent to a voxel of label 1. Computed as "foreground components that contain no kidney voxel are removed":
+  the two are the same, because a path inside a foreground component that leaves a mass component must step onto
+  a kidney voxel (any mass voxel adjacent to it would belong to the same mass component).
+
+:func:`decide` chooses which steps to use from predictions and references of a holdout set, as nnU-Net's
+``determine_postprocessing`` does on its cross-validation: start with no post-processing, try each candidate in
+order on top of the steps already kept, and keep it when
+
+    the mean over regions of the mean Dice rises by more than ``tolerance``, and
+    no region's mean Dice falls by more than ``tolerance``
+
+(nnU-Net's rule for its foreground step, with a tolerance of 1e-6 so that rounding noise neither adds nor blocks
+a step; a step that changes nothing is not kept). Dice per region follows KiTS: both masks empty gives 1.
+
+The module is standalone on purpose (numpy and scipy.ndimage, no other segflow module), so that training,
+prediction and selection code can all import it. Its region table repeats ``segflow.metrics.KITS_REGIONS``.
+Speed: each step labels only the bounding box of the foreground, once, with ``scipy.ndimage.label``, and reads
+component sizes with ``np.bincount``; there is no Python loop over voxels or components.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Union
+
+import numpy as np
+from scipy import ndimage
+
+KIDNEY = 1
+MASSES = (2, 3)  # tumour, cyst
+
+# KiTS hierarchical evaluation regions: name -> label values (same as segflow.metrics.KITS_REGIONS).
+KITS_REGIONS: dict[str, tuple[int, ...]] = {
+    "kidney_and_masses": (1, 2, 3),
+    "masses": (2, 3),
+    "tumor": (2,),
+}
+
+# Defaults of keep_largest_foreground: two kidneys; a third piece is kept if it is at least a tenth of the
+# largest (a real kidney fragment is large, a false-positive blob on the spleen or liver usually is not).
+DEFAULT_N_COMPONENTS = 2
+DEFAULT_MIN_FRACTION = 0.1
+
+# Smallest change of a mean Dice that counts as a change in decide().
+DEFAULT_TOLERANCE = 1e-6
+
+ScoreFn = Callable[[np.ndarray, np.ndarray], float]
+# A case of decide(): an array, or a callable that loads it (so a holdout of full-size volumes need not sit in
+# memory all at once).
+ArrayOrLoader = Union[np.ndarray, Callable[[], np.ndarray]]
+
+
+# --- connected components ----------------------------------------------------------------------------------------
+
+
+def _foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of a boolean mask (None if empty); labelling only this box keeps a 512x512x600 volume cheap."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Full-connectivity components (26 in 3D, 8 in 2D): ids 1..n in raster order of first voxel, 0 outside."""
+    structure = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    ids, n = ndimage.label(mask, structure=structure)
+    return ids, int(n)
+
+
+def _check_labels(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D or 3D label map, got shape {labels.shape}")
+    return labels
+
+
+# --- steps -------------------------------------------------------------------------------------------------------
+
+
+def keep_largest_foreground(
+    labels: np.ndarray,
+    n_components: int = DEFAULT_N_COMPONENTS,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+) -> np.ndarray:
+    """Keep the ``n_components`` largest foreground components, and any other at least ``min_fraction`` of the
+    largest; set the rest to 0. Foreground is labels > 0 (all of kidney, tumour and cyst), so a tumour that sticks
+    to its kidney goes with it.
+
+    Sizes are voxel counts: on one regular grid they rank components exactly as volumes in mm^3 do, and the
+    fraction is the same, so no spacing is needed. Equal sizes are broken by component id (raster order), which
+    makes the result deterministic. ``min_fraction`` > 1 disables the fraction rule (then exactly the
+    ``n_components`` largest stay).
+    """
+    labels = _check_labels(labels)
+    if n_components < 1 or min_fraction < 0:
+        raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
+    out = labels.copy()
+    foreground = labels > 0
+    box = _foreground_box(foreground)
+    if box is None:
+        return out
+    ids, n = _components(foreground[box])
+    if n <= 1:
+        return out
+    sizes = np.bincount(ids.ravel(), minlength=n + 1)
+    sizes[0] = 0  # background is not a component
+    keep = np.zeros(n + 1, dtype=bool)
+    # Largest first; the stable sort leaves equal sizes in id order.
+    order = np.argsort(-sizes[1:], kind="stable") + 1
+    keep[order[:n_components]] = True
+    keep |= sizes >= min_fraction * sizes.max()
+    keep[0] = True  # never touch background
+    region = out[box]  # a view: writing it writes out
+    region[~keep[ids]] = 0
+    return out
+
+
+def drop_masses_outside_kidneys(labels: np.ndarray) -> np.ndarray:
+    """Remove (set to 0) every 26-connected tumour/cyst component that touches no kidney (label 1) voxel.
+
+    A mass component touches kidney exactly when the foreground component around it contains a kidney voxel (see
+    the module docstring), so one labelling of the foreground decides it. Kidney voxels are never changed.
+    """
+    labels = _check_labels(labels)
+    out = labels.copy()
+    foreground = labels > 0
+    box = _foreground_box(foreground)
+    if box is None:
+        return out
+    ids, n = _components(foreground[box])
+    region = out[box]
+    # Components holding at least one kidney voxel; the others consist of masses only and go.
+    with_kidney = np.zeros(n + 1, dtype=bool)
+    with_kidney[np.unique(ids[region == KIDNEY])] = True
+    with_kidney[0] = True
+    region[~with_kidney[ids]] = 0
+    return out
+
+
+STEPS: dict[str, Callable[..., np.ndarray]] = {
+    "largest_foreground": keep_largest_foreground,
+    "masses_in_kidneys": drop_masses_outside_kidneys,
+}
+
+
+def apply(
+    labels: np.ndarray,
+    steps: Iterable[str],
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> np.ndarray:
+    """Apply the named steps (keys of ``STEPS``) in order; returns a new array of the input's shape and dtype.
+
+    ``options`` maps a step name to keyword arguments of its function, e.g.
+    ``{"largest_foreground": {"n_components": 2, "min_fraction": 0.1}}``. No steps: a copy of the input.
+    """
+    options = options or {}
+    steps = list(steps)
+    _check_steps(steps, options)
+    out = _check_labels(labels)
+    if not steps:
+        return out.copy()
+    for name in steps:  # each step returns a new array, so the input stays untouched
+        out = STEPS[name](out, **options.get(name, {}))
+    return out
+
+
+def _check_steps(steps: Sequence[str], options: Mapping[str, Any]) -> None:
+    # Fail before any work: a typo in a config must not cost a pass over the holdout.
+    unknown = [s for s in list(steps) + list(options) if s not in STEPS]
+    if unknown:
+        raise ValueError(f"unknown post-processing step(s) {unknown}; known: {sorted(STEPS)}")
+
+
+# --- decision on a holdout ---------------------------------------------------------------------------------------
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks, KiTS convention: 1 if both are empty (then 0 if only one is)."""
+    n_pred = int(np.count_nonzero(pred))
+    n_ref = int(np.count_nonzero(ref))
+    if n_pred + n_ref == 0:
+        return 1.0
+    return 2 * int(np.count_nonzero(pred & ref)) / (n_pred + n_ref)
+
+
+def region_scores(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    region_sets: Mapping[str, Iterable[int]] = KITS_REGIONS,
+    score_fn: ScoreFn = dice,
+) -> dict[str, float]:
+    """Score of each region (a union of labels) of one case: ``score_fn(pred in region, ref in region)``.
+
+    The masks are cropped to the bounding box of both maps' foreground first (a full-size volume is mostly
+    background), so ``score_fn`` must not depend on voxels outside every mask: Dice and surface Dice do not; a
+    score counting true negatives would. Regions must not contain label 0. Both maps empty: the masks are 1x..x1.
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if any(0 in tuple(values) for values in region_sets.values()):
+        raise ValueError("a region must not contain the background label 0")
+    box = _foreground_box((pred > 0) | (ref > 0))
+    if box is None:
+        box = tuple(slice(0, 1) for _ in pred.shape)  # all background: one voxel scores the same as all
+    pred, ref = pred[box], ref[box]
+    return {
+        name: float(score_fn(np.isin(pred, list(values)), np.isin(ref, list(values))))
+        for name, values in region_sets.items()
+    }
+
+
+def _load(item: ArrayOrLoader) -> np.ndarray:
+    return item() if callable(item) else np.asarray(item)
+
+
+def _mean_scores(
+    predictions: Sequence[ArrayOrLoader],
+    references: Sequence[ArrayOrLoader],
+    steps: Sequence[str],
+    region_sets: Mapping[str, Iterable[int]],
+    score_fn: ScoreFn,
+    options: Mapping[str, Mapping[str, Any]],
+) -> dict[str, float]:
+    """Mean over the cases of each region's score, after applying ``steps`` to every prediction."""
+    totals = dict.fromkeys(region_sets, 0.0)
+    for pred, ref in zip(predictions, references):
+        scores = region_scores(apply(_load(pred), steps, options), _load(ref), region_sets, score_fn)
+        for name, value in scores.items():
+            totals[name] += value
+    return {name: total / len(predictions) for name, total in totals.items()}
+
+
+def _improves(without: Mapping[str, float], with_: Mapping[str, float], tolerance: float) -> bool:
+    """nnU-Net's rule for its foreground step: the mean over regions rises, and no region falls."""
+    gain = np.mean([with_[r] for r in without]) - np.mean([without[r] for r in without])
+    no_loss = all(with_[r] >= without[r] - tolerance for r in without)
+    return bool(gain > tolerance and no_loss)
+
+
+def decide(
+    predictions: Sequence[ArrayOrLoader],
+    references: Sequence[ArrayOrLoader],
+    candidates: Sequence[str] = tuple(STEPS),
+    region_sets: Mapping[str, Iterable[int]] = KITS_REGIONS,
+    score_fn: ScoreFn = dice,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Choose post-processing steps on a holdout set: greedy, in the order of ``candidates``.
+
+    Each candidate is scored on top of the steps kept so far, and kept when the mean over regions of the mean
+    (over cases) score rises by more than ``tolerance`` and no region's mean score falls by more than
+    ``tolerance`` (see the module docstring). ``predictions`` and ``references`` are label maps of the same cases
+    in the same order, arrays or zero-argument callables that load them. ``score_fn(pred_mask, ref_mask)`` scores
+    one region of one case (default :func:`dice`; any higher-is-better score works).
+
+    Returns ``(steps, table)``: the kept step names in order, and one row per candidate and region, with keys
+    ``step``, ``applied_before`` (the steps kept before it, "+"-joined, "" for none), ``region``, ``n_cases``,
+    ``without``, ``with``, ``delta`` and ``kept``: plain str/int/float/bool, ready for JSON or a TSV.
+    """
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise ValueError("decide() needs at least one case")
+    if not region_sets:
+        raise ValueError("decide() needs at least one region")
+    options = options or {}
+    _check_steps(candidates, options)
+    chosen: list[str] = []
+    current = _mean_scores(predictions, references, chosen, region_sets, score_fn, options)
+    table: list[dict[str, Any]] = []
+    for step in candidates:
+        trial = _mean_scores(predictions, references, chosen + [step], region_sets, score_fn, options)
+        kept = _improves(current, trial, tolerance)
+        table += _table_rows(step, chosen, current, trial, kept, len(predictions))
+        if kept:
+            chosen.append(step)
+            current = trial
+    return chosen, table
+
+
+def _table_rows(
+    step: str,
+    before: Sequence[str],
+    without: Mapping[str, float],
+    with_: Mapping[str, float],
+    kept: bool,
+    n_cases: int,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "step": step,
+            "applied_before": "+".join(before),
+            "region": region,
+            "n_cases": n_cases,
+            "without": float(without[region]),
+            "with": float(with_[region]),
+            "delta": float(with_[region] - without[region]),
+            "kept": kept,
+        }
+        for region in without
+    ]
