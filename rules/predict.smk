@@ -3,9 +3,10 @@ rule predict_case:
         result("predictions", "{case}.nii.gz"),
     input:
         model=result("train", "best.pt"),
+        summary=result("train", "best.json"),
         case=result("preprocessed", "{case}"),
         image=result("raw", "{case}", "imaging.nii.gz"),
-        library=library("io", "models", "preprocess", "predict", "train"),
+        library=library("io", "models", "data", "preprocess", "predict", "postprocess", "train"),
     params:
         infer=config["infer"],
     log:

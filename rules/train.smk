@@ -1,6 +1,6 @@
 # Keys only select_model reads (as SELECTION_ONLY_KEYS in segflow/train.py): adding a round or changing how rounds
 # are compared must not retrain the rounds that exist.
-TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in ("rounds", "select_by")}
+TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in ("rounds", "select_by", "ensemble", "postprocess")}
 
 
 def get_init_checkpoint(wildcards):
@@ -54,9 +54,13 @@ rule select_model:
         models=expand(result("train", "round_{round}", "model_best.pt"), round=ROUNDS),
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
-        library=library("io", "seeding", "data", "preprocess", "models", "losses", "train", "predict"),
+        library=library(
+            "io", "seeding", "data", "preprocess", "models", "losses", "train", "predict", "postprocess"
+        ),
     params:
         train=config["train"],
+        infer=config["infer"],
+        regions=config["score"]["regions"],
         seed=config["seed"],
     log:
         log_path("select_model", "select_model.log"),

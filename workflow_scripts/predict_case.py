@@ -1,14 +1,13 @@
 """Rule predict_case: the selected model applied to one test case, saved on the case's original grid."""
 
+from segflow.io import read_json
 from segflow.logs import run_logged
 from segflow.predict import predict_case
 
 
 def main(smk):
-    infer = smk.params.infer
-    predict_case(
-        smk.input.model, smk.input.case, smk.input.image, smk.output[0], infer["batch_size"], infer["device"], smk.threads
-    )
+    steps = read_json(smk.input.summary).get("postprocess", [])
+    predict_case(smk.input.model, smk.input.case, smk.input.image, smk.output[0], smk.params.infer, steps, smk.threads)
 
 
 run_logged(lambda: main(snakemake), snakemake.log[0], f"predict_case {snakemake.wildcards.case}")  # noqa: F821

@@ -1,4 +1,5 @@
-"""Rule select_model: compare every round on the fixed holdout and keep the best round."""
+"""Rule select_model: compare every round on the fixed holdout, keep the best round (or an ensemble of the best
+rounds), and decide the post-processing on the same holdout."""
 
 import logging
 import shutil
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from segflow.io import atomic_path, write_json, write_table
 from segflow.logs import run_logged
+from segflow.predict import decide_postprocessing, save_ensemble
 from segflow.selection import read_selection
 from segflow.train import evaluate_on_holdout, holdout_patients, select_best_round
 
@@ -18,12 +20,20 @@ def main(smk):
     holdout_dirs = [d for c, d in sorted(case_dirs.items()) if table.loc[c, "patient_id"] in held_out]
     logging.info("fixed holdout: %s", [d.name for d in holdout_dirs] or "none (train.holdout_fraction is 0)")
     holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads)
-    choice = select_best_round(list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"])
+    choice = select_best_round(list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"], cfg["ensemble"])
     logging.info("selected round %d by %s (val loss %.4f)", choice["round"], choice["select_by"], choice["val_loss"])
-    with atomic_path(smk.output.best) as tmp:
-        shutil.copyfile(choice["checkpoint"], tmp)
+    if len(choice["ensemble"]) > 1:
+        logging.info("ensemble of rounds %s (mean softmax)", choice["ensemble_rounds"])
+        save_ensemble(smk.output.best, choice["ensemble"])
+    else:
+        with atomic_path(smk.output.best) as tmp:
+            shutil.copyfile(choice["checkpoint"], tmp)
+    decision = decide_postprocessing(
+        smk.output.best, holdout_dirs, cfg["postprocess"], smk.params.infer, smk.params.regions, smk.threads
+    )
     write_table(smk.output.rounds, choice["table"])
-    write_json(smk.output.summary, {k: v for k, v in choice.items() if k != "table"})
+    summary = {k: v for k, v in choice.items() if k != "table"}
+    write_json(smk.output.summary, {**summary, "postprocess": decision["steps"], "postprocess_table": decision["table"]})
 
 
 run_logged(lambda: main(snakemake), snakemake.log[0], "select_model")  # noqa: F821

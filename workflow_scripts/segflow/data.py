@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +11,39 @@ import torch
 from segflow.preprocess import load_case
 
 
+def context_indices(z: int, n_slices: int, context: int) -> np.ndarray:
+    """Slice indices of the 2.5D input for slice ``z``: ``context`` (odd) slices centred on it, the edge slice
+    repeated beyond the ends of the volume (nnU-Net and the KiTS 2.5D systems replicate the border too)."""
+    half = context // 2
+    return np.clip(np.arange(z - half, z + half + 1), 0, n_slices - 1)
+
+
+def context_stack(image_zhw: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
+    """(stop - start, context, H, W) float32 network inputs for slices start..stop-1 of a volume."""
+    n = image_zhw.shape[0]
+    half = context // 2
+    # One contiguous read of the slab with its border, then views: cheap on memory-mapped volumes.
+    lo, hi = max(0, start - half), min(n, stop + half)
+    slab = np.asarray(image_zhw[lo:hi], dtype=np.float32)
+    index = np.stack([context_indices(z, n, context) for z in range(start, stop)]) - lo
+    return slab[index]
+
+
 class SliceDataset(torch.utils.data.Dataset):
-    """Every slice of the given cases as ``{"image": (1, H, W) float32, "label": (1, H, W) int64, ...}``.
+    """Every slice of the given cases as ``{"image": (k, H, W) float32, "label": (1, H, W) int64, ...}``, with
+    k = ``context`` slices centred on the labelled one (2.5D; k = 1 is plain 2D).
 
     NPY cases are memory-mapped, so a dataset over hundreds of full-size cases costs little memory.
     """
 
-    def __init__(self, case_dirs: list[str | Path], transform=None):
+    def __init__(self, case_dirs: list[str | Path], transform=None, context: int = 1):
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"train.context_slices must be an odd number >= 1, got {context}")
         self.cases = [load_case(d) for d in case_dirs]
         self.case_ids = [Path(d).name for d in case_dirs]
         self.index = [(c, z) for c, (image, _) in enumerate(self.cases) for z in range(image.shape[0])]
         self.transform = transform
+        self.context = context
         self._foreground = None
 
     def __len__(self) -> int:
@@ -30,12 +53,14 @@ class SliceDataset(torch.utils.data.Dataset):
         case, z = self.index[item]
         image, label = self.cases[case]
         sample = {
-            "image": torch.from_numpy(np.array(image[z], dtype=np.float32))[None],
+            "image": torch.from_numpy(context_stack(image, z, z + 1, self.context)[0]),
             "label": torch.from_numpy(np.array(label[z], dtype=np.int64))[None],
         }
         if self.transform is not None:
             # Spatial augmentations return float MetaTensors; hand plain tensors with integer labels onwards.
             sample = self.transform(sample)
+            if isinstance(sample, list):  # a crop-by-label transform returns a list of num_samples=1 crops
+                sample = sample[0]
             sample["image"] = _plain(sample["image"]).float()
             sample["label"] = _plain(sample["label"]).round().long()
         sample["case"] = case
@@ -62,14 +87,38 @@ def _plain(tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 
-def build_augmentation(cfg: dict):
-    """MONAI dictionary augmentations for training slices; ``None`` when ``augment.enabled`` is false."""
-    if not cfg.get("enabled", True):
-        return None
-    from monai.transforms import Compose, RandAffined, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
+def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 0.5):
+    """MONAI dictionary transforms for training slices: an optional crop to ``patch_size`` (centred on a labelled
+    pixel with probability ``foreground_fraction``, else anywhere), then the augmentations of ``cfg``
+    (``train.augment``). ``None`` when there is nothing to do."""
+    from monai.transforms import (
+        Compose,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
 
+    steps = []
+    if patch_size:
+        # On a slice without labels the crop falls back to a random position, which is what background slices
+        # need; MONAI warns about it on every such slice.
+        warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
+        # Full-resolution slices are cropped rather than shrunk, so small tumours keep their pixels; crops that
+        # hold no label would teach little, hence the positive/negative ratio of the slice sampler.
+        positive = max(foreground_fraction, 1e-3)
+        steps.append(
+            RandCropByPosNegLabeld(
+                keys=["image", "label"], label_key="label", spatial_size=list(patch_size), pos=positive,
+                neg=max(1.0 - positive, 0.0), num_samples=1, allow_smaller=True,
+            )
+        )
+    if not cfg.get("enabled", True):
+        return Compose(steps) if steps else None
     return Compose(
-        [
+        steps
+        + [
             RandFlipd(keys=["image", "label"], prob=cfg["flip_prob"], spatial_axis=0),
             RandAffined(
                 keys=["image", "label"],
@@ -85,7 +134,9 @@ def build_augmentation(cfg: dict):
     )
 
 
-def epoch_indices(foreground: np.ndarray, n_samples: int, foreground_fraction: float, rng, weights=None) -> np.ndarray:
+def epoch_indices(
+    foreground: np.ndarray, n_samples: int, foreground_fraction: float, rng, weights=None, unique: bool = False
+) -> np.ndarray:
     """Draw ``n_samples`` slice indices, a ``foreground_fraction`` share from slices that contain labels.
 
     Most CT slices show no kidney; without this the network mostly learns to predict background. ``weights``
@@ -96,6 +147,10 @@ def epoch_indices(foreground: np.ndarray, n_samples: int, foreground_fraction: f
     n_fg = int(round(n_samples * foreground_fraction)) if len(fg) else 0
     n_bg = n_samples - n_fg if len(bg) else 0
     n_fg = n_samples - n_bg if len(fg) else n_fg
+    if unique:  # no slice twice: move what one group lacks to the other
+        n_fg = min(n_fg, len(fg))
+        n_bg = min(n_samples - n_fg, len(bg))
+        n_fg = min(n_samples - n_bg, len(fg))
     order = np.concatenate([_draw(fg, n_fg, rng, weights), _draw(bg, n_bg, rng, weights)])
     rng.shuffle(order)
     return order

@@ -29,6 +29,10 @@ def build_loss(cfg: dict) -> torch.nn.Module:
     weights = cfg.get("loss_weights", {})
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
     common = {"to_onehot_y": True, "softmax": True, "include_background": False, "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+    # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
+    # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
+    # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
+    common["batch"] = bool(cfg["batch_dice"])
     if name == "ce":
         return CrossEntropy()
     if name == "dice":

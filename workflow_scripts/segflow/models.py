@@ -1,7 +1,9 @@
-"""Segmentation networks by name, all from MONAI, all 2D (slices) with one input channel.
+"""Segmentation networks by name, all from MONAI, all 2D (slices).
 
 ``train.channels`` sets the width per level and its length sets the depth, for every model that has levels
 (``efficientnet_unet`` takes its encoder from the backbone and uses ``channels`` for the decoder).
+``train.context_slices`` (k, odd) is the number of input channels: the slice and its (k - 1) / 2 neighbours on
+each side (2.5D). ``train.norm`` chooses batch or instance normalisation where the network lets us choose.
 """
 
 from __future__ import annotations
@@ -9,6 +11,9 @@ from __future__ import annotations
 import torch
 
 MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet")
+# What a checkpoint records to rebuild its network (segflow.train.save_checkpoint writes these from the config).
+MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone", "norm", "context_slices")
+NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
 
 class FirstOutput(torch.nn.Module):
@@ -30,32 +35,42 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
     channels = tuple(int(c) for c in cfg["channels"])
     strides = (2,) * (len(channels) - 1)
     dropout = float(cfg.get("dropout", 0.0))
+    # Checkpoints written before these keys existed were 1-channel batch-norm networks.
+    in_channels = int(cfg.get("context_slices", 1))
+    norm = NORMS[cfg.get("norm", "batch")]
     if name == "unet":
         return nets.UNet(
-            spatial_dims=2, in_channels=1, out_channels=n_classes, channels=channels, strides=strides,
-            num_res_units=int(cfg.get("num_res_units", 2)), norm="batch", dropout=dropout,
+            spatial_dims=2, in_channels=in_channels, out_channels=n_classes, channels=channels, strides=strides,
+            num_res_units=int(cfg.get("num_res_units", 2)), norm=norm, dropout=dropout,
         )
     if name == "attention_unet":
+        if norm[0] != "batch":
+            raise ValueError("train.model attention_unet has batch normalisation only; set train.norm: batch")
         return nets.AttentionUnet(
-            spatial_dims=2, in_channels=1, out_channels=n_classes, channels=channels, strides=strides, dropout=dropout
+            spatial_dims=2, in_channels=in_channels, out_channels=n_classes, channels=channels, strides=strides,
+            dropout=dropout,
         )
     if name == "unetpp":
         # BasicUNetPlusPlus has a fixed depth of five levels plus the output width.
         features = _five_levels(channels) + (channels[0],)
         return FirstOutput(
-            nets.BasicUNetPlusPlus(spatial_dims=2, in_channels=1, out_channels=n_classes, features=features, dropout=dropout)
+            nets.BasicUNetPlusPlus(
+                spatial_dims=2, in_channels=in_channels, out_channels=n_classes, features=features, dropout=dropout,
+                norm=norm,
+            )
         )
     if name == "efficientnet_unet":
         # Weights are never downloaded (pretrained=False): runs offline; use train.init_checkpoint for warm starts.
         decoder = _five_levels(tuple(reversed(channels)))
         return nets.FlexibleUNet(
-            in_channels=1, out_channels=n_classes, backbone=f"efficientnet-{cfg.get('backbone', 'b0')}",
-            pretrained=False, decoder_channels=decoder, spatial_dims=2, dropout=dropout,
+            in_channels=in_channels, out_channels=n_classes, backbone=f"efficientnet-{cfg.get('backbone', 'b0')}",
+            pretrained=False, decoder_channels=decoder, spatial_dims=2, dropout=dropout, norm=norm,
         )
     if name == "segresnet":
+        # SegResNet normalises with groups (independent of the batch, like instance norm); train.norm is moot.
         depth = len(channels)
         return nets.SegResNet(
-            spatial_dims=2, init_filters=channels[0], in_channels=1, out_channels=n_classes,
+            spatial_dims=2, init_filters=channels[0], in_channels=in_channels, out_channels=n_classes,
             blocks_down=(1,) + (2,) * (depth - 2) + (4,), blocks_up=(1,) * (depth - 1),
             dropout_prob=dropout or None, num_groups=min(8, channels[0]),
         )

@@ -33,15 +33,14 @@ import torch
 from segflow.data import SliceDataset, build_augmentation, epoch_indices
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
-from segflow.models import build_model, class_labels, load_weights
+from segflow.models import MODEL_KEYS, build_model, class_labels, load_weights
 from segflow.seeding import derive_seed, rng_for, seed_everything
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "kidney", 2: "tumor", 3: "cyst"}
-MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone")
 # train keys that only matter to select_model: changing them must neither rerun nor invalidate a round's training.
-SELECTION_ONLY_KEYS = ("rounds", "select_by")
+SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
 
 
 @dataclass
@@ -162,11 +161,11 @@ class RoundSetup:
     amp_dtype: torch.dtype | None
     model: torch.nn.Module
     optimiser: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler
     loss_fn: torch.nn.Module
     train_set: SliceDataset
-    val_set: SliceDataset
+    val_set: torch.utils.data.Dataset
     augmentation: object
     sample_weights: np.ndarray | None
     n_classes: int
@@ -241,11 +240,13 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(1, cfg["patience"] // 2))
+    scheduler = build_scheduler(optimiser, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=build_augmentation(cfg["augment"]))
-    val_set = SliceDataset([case_dirs[c] for c in val_ids])
+    augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"])
+    context = cfg["context_slices"]
+    train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
+    val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
     loss_fn = build_loss(cfg)
     weights = None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
@@ -254,6 +255,28 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
         cfg, round_index, round_seed, device, dtype, model, optimiser, scheduler, scaler, loss_fn, train_set, val_set,
         train_set.transform, weights, n_classes,
     )
+
+
+def build_scheduler(optimiser, cfg: dict):
+    """``poly``: nnU-Net's (1 - epoch / epochs) ** 0.9 decay, stepped once per epoch; it reaches a small learning
+    rate at the end of the budget whatever the validation does. ``plateau``: halve the rate after
+    ``patience // 2`` epochs without a lower validation loss (the seeds' schedule)."""
+    if cfg["lr_schedule"] == "poly":
+        epochs = cfg["epochs"]
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, lambda epoch: (1 - min(epoch, epochs - 1) / epochs) ** 0.9)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimiser, factor=0.5, patience=max(1, cfg["patience"] // 2))
+
+
+def validation_subset(val_set: SliceDataset, cfg: dict, round_seed: int):
+    """The validation slices of a round: all of them, or a fixed seeded draw of ``val_max_slices`` (half from
+    slices with labels). The draw is the same every epoch, so epochs stay comparable, and the cost of validating
+    no longer grows with the slice count of the validation volumes."""
+    limit = cfg["val_max_slices"]
+    if not limit or limit >= len(val_set):
+        return val_set
+    rng = rng_for(round_seed, "validation_slices")
+    picked = np.unique(epoch_indices(val_set.foreground_mask(), limit, 0.5, rng, unique=True))
+    return torch.utils.data.Subset(val_set, picked.tolist())
 
 
 def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
@@ -287,14 +310,18 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
     val = evaluate(setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype)
-    setup.scheduler.step(val.loss)
+    lr = setup.optimiser.param_groups[0]["lr"]  # the rate this epoch trained with
+    if isinstance(setup.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        setup.scheduler.step(val.loss)
+    else:
+        setup.scheduler.step()
     row = {
         "round": setup.round_index, "epoch": epoch, "train_loss": train_loss, "train_dice": train_dice,
         "val_loss": val.loss, "val_dice": val.dice, "val_iou": val.iou, "val_precision": val.precision,
         "val_recall": val.recall,
         "val_f1": val.dice,  # F1 is Dice for binary masks; kept under its own name for readers who expect it
         **{f"val_dice_{name}": value for name, value in val.class_dice.items()},
-        "lr": setup.optimiser.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 3),
+        "lr": lr, "seconds": round(time.perf_counter() - started, 3),
     }
     log.info(
         "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.2g (%.1f s)",
@@ -603,20 +630,20 @@ def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dic
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(cfg["device"])
-    dataset = SliceDataset(case_dirs)
     loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
     results = []
     for checkpoint in checkpoints:
         model, meta = load_model(checkpoint, device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
+        dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
         results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
     return results
 
 
 def select_best_round(
     metrics_paths: list[Path], checkpoint_paths: list[Path], holdout: list[Scores | None] | None = None,
-    select_by: str = "val_loss",
+    select_by: str = "val_loss", ensemble: int = 1,
 ) -> dict:
     """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
 
@@ -638,13 +665,16 @@ def select_best_round(
         )
     table = pd.DataFrame(rows)
     if select_by == "fixed_dice" and table["fixed_val_dice"].notna().all():
-        chosen = table.loc[table["fixed_val_dice"].idxmax()]
+        ranked = table.sort_values("fixed_val_dice", ascending=False, kind="stable")
     else:
         if select_by == "fixed_dice":
             log.warning("train.select_by fixed_dice needs a holdout (train.holdout_fraction > 0); using val_loss")
-        chosen = table.loc[table["val_loss"].idxmin()]
+        ranked = table.sort_values("val_loss", kind="stable")
+    chosen = ranked.iloc[0]
+    members = ranked.iloc[: max(1, ensemble)]
     return {
         "round": int(chosen["round"]), "val_loss": float(chosen["val_loss"]), "select_by": select_by,
         "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
         "table": table, "checkpoint": chosen["checkpoint"],
+        "ensemble_rounds": [int(r) for r in members["round"]], "ensemble": list(members["checkpoint"]),
     }

@@ -1,0 +1,167 @@
+"""The quality levers at unit level: 2.5D input, probability restoration, mirroring, ensembles, training crops."""
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from helpers import config_with_defaults, write_case
+from segflow.data import SliceDataset, build_augmentation, context_indices, context_stack
+from segflow.models import build_model
+from segflow.predict import (
+    TTA_FLIPS,
+    load_models,
+    predict_probabilities,
+    probability_labels,
+    save_ensemble,
+)
+from segflow.preprocess import DEFAULTS, load_case, preprocess_case, restore_labels, restore_probabilities
+from segflow.train import build_scheduler, save_checkpoint, validation_subset
+
+TRAIN = config_with_defaults(
+    {"train": {"channels": [4, 8], "num_res_units": 0, "device": "cpu", "norm": "instance", "context_slices": 3}}
+)["train"]
+
+
+def test_context_repeats_the_edge_slices():
+    assert context_indices(0, 5, 3).tolist() == [0, 0, 1]
+    assert context_indices(4, 5, 5).tolist() == [2, 3, 4, 4, 4]
+    assert context_indices(2, 5, 1).tolist() == [2]
+    volume = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    stack = context_stack(volume, 0, 4, 3)
+    assert stack.shape == (4, 3, 2, 2)
+    assert stack[:, :, 0, 0].tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
+    assert np.array_equal(context_stack(volume, 2, 3, 3), stack[2:3])  # a slab read alone is the same
+
+
+def test_slice_dataset_gives_the_neighbours_as_channels(tmp_path):
+    image, seg = write_case(tmp_path / "raw")
+    preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [32, 32]})
+    volume, _ = load_case(tmp_path / "a")
+    dataset = SliceDataset([tmp_path / "a"], context=3)
+    first, middle = dataset[0]["image"], dataset[3]["image"]
+    assert first.shape == (3, 32, 32) and dataset[0]["label"].shape == (1, 32, 32)
+    assert torch.equal(first[0], first[1])  # the slice before the first is the first
+    assert np.array_equal(middle.numpy(), np.asarray(volume[2:5]))
+    with pytest.raises(ValueError, match="odd"):
+        SliceDataset([tmp_path / "a"], context=2)
+
+
+def test_training_crops_keep_full_resolution_pixels(tmp_path):
+    image, seg = write_case(tmp_path / "raw")
+    preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [32, 32]})
+    transform = build_augmentation({"enabled": False}, patch_size=[16, 16], foreground_fraction=1.0)
+    dataset = SliceDataset([tmp_path / "a"], transform=transform, context=3)
+    transform.set_random_state(seed=0)
+    sample = dataset[3]  # a slice with labels: the crop is centred on one
+    assert sample["image"].shape == (3, 16, 16) and sample["label"].shape == (1, 16, 16)
+    assert sample["label"].max() > 0
+    assert dataset[0]["image"].shape == (3, 16, 16)  # no labels: a random crop, no error
+
+
+def test_probability_restore_matches_the_label_path_on_one_hot_input(tmp_path):
+    image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
+    meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
+    _, labels = load_case(tmp_path / "a")
+    labels = np.asarray(labels)
+    meta["n_classes"] = 4
+    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float16)
+    from_labels = restore_labels(labels, meta)
+    from_probabilities = restore_probabilities(one_hot, meta)
+    assert np.array_equal(from_labels, from_probabilities)  # hard probabilities are the label path exactly
+    truth = np.asarray(nib.load(seg).dataobj)
+    assert from_probabilities.shape == truth.shape
+
+
+def test_probability_restore_places_boundaries_between_pixels():
+    # One slice, 1 x 2 prediction pixels resized up to 1 x 4 original voxels; soft probabilities (0.9 kidney,
+    # then 0.4 kidney) cross 0.5 a quarter of the way into the second pixel, which labels cannot express.
+    meta = {
+        "cropped_shape": [1, 1, 4], "oriented_shape": [1, 1, 4], "slice_dim": 0, "plane_dims": [1, 2],
+        "crop_box": [[0, 1], [0, 1], [0, 4]], "original_shape": [1, 1, 4], "axcodes": "RAS",
+        "original_affine": np.eye(4).tolist(), "n_classes": 2,
+    }
+    kidney = np.array([0.9, 0.4], dtype=np.float32)
+    probabilities = np.stack([1 - kidney, kidney])[None, :, None, :]  # (Z=1, C=2, H=1, W=2)
+    soft = restore_probabilities(probabilities, meta)[0, 0]
+    hard = restore_labels(probability_labels(probabilities), meta)[0, 0]
+    assert hard.tolist() == [1, 1, 0, 0]
+    # voxel 2 sits at 0.75 between the pixel centres: 0.9 * 0.25 + 0.4 * 0.75 = 0.525 > 0.5 -> kidney
+    assert soft.tolist() == [1, 1, 1, 0]
+
+
+class Asymmetric(torch.nn.Module):
+    """Logits that depend on the position, so a flipped input gives a flipped output only if it is undone."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 1, x.shape[-1])[None, None, None, :].expand(x.shape[0], 1, x.shape[2], -1)
+        return torch.cat([x[:, :1] * 0, x[:, :1] * 4 + ramp], dim=1)
+
+
+def test_mirroring_is_undone_before_averaging():
+    image = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    model = Asymmetric()
+    plain = predict_probabilities([model], image, 1, 2, torch.device("cpu"), tta=False)
+    mirrored = predict_probabilities([model], image, 1, 2, torch.device("cpu"), tta=True)
+    assert plain.shape == mirrored.shape == (3, 2, 8, 8) and plain.dtype == np.float16
+    # By hand: the mean over the four flips of softmax(model(flip(x))) flipped back.
+    x = torch.from_numpy(image)[:, None]
+    expected = sum(torch.flip(torch.softmax(model(torch.flip(x, d) if d else x), 1), d) if d else
+                   torch.softmax(model(x), 1) for d in TTA_FLIPS) / len(TTA_FLIPS)
+    assert np.allclose(mirrored, expected.numpy(), atol=2e-3)
+    # A network that does not care about position gives the same answer with or without mirroring.
+    identity = predict_probabilities([lambda b: torch.cat([b * 0, b], 1)], image, 1, 2, torch.device("cpu"), True)
+    assert np.allclose(identity, predict_probabilities([lambda b: torch.cat([b * 0, b], 1)], image, 1, 2,
+                                                       torch.device("cpu"), False), atol=1e-3)
+
+
+def test_ensemble_of_two_checkpoints_averages_their_softmax(tmp_path):
+    torch.manual_seed(0)
+    paths = []
+    for i in range(2):
+        model = build_model(TRAIN, 4)
+        paths.append(tmp_path / f"round_{i}.pt")
+        save_checkpoint(paths[-1], model.state_dict(), TRAIN, 4, round=i)
+    save_ensemble(tmp_path / "best.pt", paths)
+    members, meta = load_models(tmp_path / "best.pt", torch.device("cpu"))
+    assert len(members) == 2 and meta["members"] == 2 and meta["context_slices"] == 3
+    image = np.random.default_rng(1).random((4, 16, 16)).astype(np.float32)
+    singles = [predict_probabilities([load_models(p, torch.device("cpu"))[0][0]], image, 3, 4, torch.device("cpu"))
+               for p in paths]
+    both = predict_probabilities(members, image, 3, 4, torch.device("cpu"))
+    assert np.allclose(both, (singles[0].astype(np.float32) + singles[1]) / 2, atol=2e-3)
+    assert np.allclose(both.sum(1), 1, atol=5e-3)
+
+
+def test_poly_schedule_decays_to_near_zero():
+    cfg = {**TRAIN, "lr_schedule": "poly", "epochs": 10, "lr": 0.01}
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg["lr"])
+    scheduler = build_scheduler(optimiser, cfg)
+    rates = []
+    for _ in range(10):
+        rates.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.01) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] == pytest.approx(0.01 * 0.1**0.9)
+
+
+def test_validation_subset_is_fixed_and_keeps_labelled_slices(tmp_path):
+    image, seg = write_case(tmp_path / "raw")
+    preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [16, 16]})
+    dataset = SliceDataset([tmp_path / "a"])
+    subset = validation_subset(dataset, {**TRAIN, "val_max_slices": 4}, round_seed=5)
+    again = validation_subset(dataset, {**TRAIN, "val_max_slices": 4}, round_seed=5)
+    assert len(subset) == 4 and subset.indices == again.indices
+    assert sum(dataset.foreground_mask()[subset.indices]) == 2  # half with labels
+    assert validation_subset(dataset, {**TRAIN, "val_max_slices": None}, 5) is dataset
+
+
+@pytest.mark.parametrize("model", ["unet", "unetpp", "efficientnet_unet", "segresnet"])
+def test_instance_norm_and_context_build_for_every_model(model):
+    cfg = {**TRAIN, "model": model, "channels": [8, 16, 32, 64]}
+    net = build_model(cfg, 4).eval()
+    assert net(torch.rand(2, 3, 32, 32)).shape == (2, 4, 32, 32)
+    if model == "unet":
+        assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
