@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from helpers import config_with_defaults, write_case
-from segflow.data import SliceDataset, build_augmentation, context_indices, context_stack
+from segflow.data import (
+    SliceDataset,
+    build_augmentation,
+    class_balanced_weights,
+    context_indices,
+    context_stack,
+    epoch_indices,
+)
 from segflow.models import build_model
 from segflow.predict import (
     TTA_FLIPS,
@@ -165,3 +172,30 @@ def test_instance_norm_and_context_build_for_every_model(model):
     if model == "unet":
         assert any(isinstance(m, torch.nn.InstanceNorm2d) for m in net.modules())
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+
+
+def test_class_balanced_weights_give_every_label_an_equal_share():
+    # 6 slices: 4 show kidney only, 1 kidney + tumour, 1 nothing
+    presence = np.array([[1, 0], [1, 0], [1, 0], [1, 0], [1, 1], [0, 0]], dtype=bool)
+    weights = class_balanced_weights(presence)
+    kidney_mass = weights[presence[:, 0]].sum()
+    tumour_mass = weights[presence[:, 1]].sum()
+    assert weights[-1] == 1.0
+    # each label contributes a mass of 1 in all; the shared slice carries 1/5 of the kidney's and all the tumour's
+    assert tumour_mass == pytest.approx(1.2) and kidney_mass == pytest.approx(2.0)
+    assert weights[4] > 5 * weights[0]  # the one tumour slice is drawn far more often than a kidney-only one
+    rng = np.random.default_rng(0)
+    picks = epoch_indices(presence.any(1), 4000, 1.0, rng, weights=weights)
+    assert 0.55 < np.mean(picks == 4) < 0.65  # 1.2 / 2.0 of the draws show the tumour, against 1 in 5 unweighted
+
+
+def test_slice_dataset_reports_which_labels_each_slice_shows(tmp_path):
+    image, seg = write_case(tmp_path / "raw")
+    preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [16, 16]})
+    dataset = SliceDataset([tmp_path / "a"])
+    presence = dataset.class_presence()
+    _, label = load_case(tmp_path / "a")
+    assert presence.shape == (len(dataset), int(np.max(label)))
+    for z in range(len(dataset)):
+        assert presence[z].tolist() == [bool((np.asarray(label[z]) == c).any()) for c in (1, 2)]
+    assert dataset.foreground_mask().tolist() == presence.any(1).tolist()

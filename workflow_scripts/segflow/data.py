@@ -77,24 +77,54 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def foreground_mask(self) -> np.ndarray:
         """Per item: does the slice contain any foreground label (computed once: it reads every label volume)."""
+        return self.class_presence().any(axis=1)
+
+    def class_presence(self) -> np.ndarray:
+        """(items, labels 1..max) bool: which foreground labels each slice shows (one read of every label volume)."""
         if self._foreground is None:
-            flags = [np.asarray(label).reshape(label.shape[0], -1).max(axis=1) > 0 for _, label in self.cases]
-            self._foreground = np.concatenate(flags) if flags else np.zeros(0, dtype=bool)
+            per_case = [_labels_per_slice(np.asarray(label)) for _, label in self.cases]
+            width = max([p.shape[1] for p in per_case], default=0)
+            padded = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in per_case]
+            self._foreground = np.concatenate(padded) if padded else np.zeros((0, 0), dtype=bool)
         return self._foreground
+
+
+def _labels_per_slice(label_zhw: np.ndarray) -> np.ndarray:
+    """(Z, max label) bool: label c + 1 occurs in slice z."""
+    top = int(label_zhw.max()) if label_zhw.size else 0
+    flat = label_zhw.reshape(label_zhw.shape[0], -1)
+    return np.stack([(flat == c).any(axis=1) for c in range(1, top + 1)], axis=1) if top else np.zeros((len(flat), 0), bool)
+
+
+def class_balanced_weights(presence: np.ndarray) -> np.ndarray:
+    """Sampling weight per slice so that every foreground label is drawn about equally often.
+
+    A slice weighs the sum, over the labels it shows, of 1 / (number of slices showing that label). Tumours and
+    cysts fill far fewer slices than kidneys; unweighted, a network sees a tumour slice a few times per epoch and
+    learns to call everything kidney. nnU-Net's patch sampler balances classes the same way. Slices without
+    labels weigh 1 (they are drawn uniformly within their own group).
+    """
+    counts = presence.sum(axis=0)
+    inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    weights = presence.astype(float) @ inverse
+    return np.where(presence.any(axis=1), weights, 1.0)
 
 
 def _plain(tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 
-def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 0.5):
-    """MONAI dictionary transforms for training slices: an optional crop to ``patch_size`` (centred on a labelled
-    pixel with probability ``foreground_fraction``, else anywhere), then the augmentations of ``cfg``
-    (``train.augment``). ``None`` when there is nothing to do."""
+def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 0.5, n_classes: int = 4):
+    """MONAI dictionary transforms for training slices: an optional crop to ``patch_size``, then the
+    augmentations of ``cfg`` (``train.augment``). ``None`` when there is nothing to do.
+
+    The crop is centred on a pixel of a foreground class with probability ``foreground_fraction`` (each class
+    equally likely, so tumours are centred as often as kidneys), else on background.
+    """
     from monai.transforms import (
         Compose,
         RandAffined,
-        RandCropByPosNegLabeld,
+        RandCropByLabelClassesd,
         RandFlipd,
         RandScaleIntensityd,
         RandShiftIntensityd,
@@ -102,16 +132,17 @@ def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 
 
     steps = []
     if patch_size:
-        # On a slice without labels the crop falls back to a random position, which is what background slices
-        # need; MONAI warns about it on every such slice.
-        warnings.filterwarnings("ignore", message="Num foregrounds 0", category=UserWarning)
-        # Full-resolution slices are cropped rather than shrunk, so small tumours keep their pixels; crops that
-        # hold no label would teach little, hence the positive/negative ratio of the slice sampler.
-        positive = max(foreground_fraction, 1e-3)
+        # A class missing from a slice has its ratio set to 0 for that slice, the right fallback; MONAI warns
+        # about it on every such slice.
+        warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples", category=UserWarning)
+        warnings.filterwarnings("ignore", message="no available indices of class", category=UserWarning)
+        # Full-resolution slices are cropped rather than shrunk, so small tumours keep their pixels.
+        share = foreground_fraction / max(n_classes - 1, 1)
+        ratios = [max(1.0 - foreground_fraction, 1e-3)] + [max(share, 1e-3)] * (n_classes - 1)
         steps.append(
-            RandCropByPosNegLabeld(
-                keys=["image", "label"], label_key="label", spatial_size=list(patch_size), pos=positive,
-                neg=max(1.0 - positive, 0.0), num_samples=1, allow_smaller=True,
+            RandCropByLabelClassesd(
+                keys=["image", "label"], label_key="label", spatial_size=list(patch_size), ratios=ratios,
+                num_classes=n_classes, num_samples=1, allow_smaller=True, warn=False,
             )
         )
     if not cfg.get("enabled", True):

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from segflow.data import SliceDataset, build_augmentation, epoch_indices
+from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
 from segflow.models import MODEL_KEYS, build_model, class_labels, load_weights
@@ -243,14 +243,15 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
     scheduler = build_scheduler(optimiser, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"])
+    augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"], n_classes)
     context = cfg["context_slices"]
     train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
     val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
     loss_fn = build_loss(cfg)
-    weights = None
+    weights = class_balanced_weights(train_set.class_presence()) if cfg["class_balance"] else None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
-        weights = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
+        hard = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
+        weights = hard if weights is None else weights * hard
     return RoundSetup(
         cfg, round_index, round_seed, device, dtype, model, optimiser, scheduler, scaler, loss_fn, train_set, val_set,
         train_set.transform, weights, n_classes,
