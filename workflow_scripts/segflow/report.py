@@ -129,6 +129,7 @@ def summary_section(run: Run) -> str:
         ("seed", run.config["seed"]),
         ("model", model_line(run.config["train"])),
         ("chosen model", chosen_line(run.best)),
+        ("inference", inference_line(run.best, run.config.get("infer", {}))),
         ("git commit", git_commit(run.inputs.workflow_dir)),
         ("wall time", wall_time_line(run.timings)),
         ("software", ", ".join(f"{name} {version}" for name, version in package_versions().items())),
@@ -165,6 +166,20 @@ def chosen_line(best: dict) -> str:
     reason = "lowest validation loss" if select_by == "val_loss" else "best Dice on the fixed holdout"
     value = best.get(select_by)
     return f"round {best['round']}: {reason}" + (f" ({select_by} {value:.4f})" if value is not None else "")
+
+
+def inference_line(best: dict, infer: dict) -> str:
+    """How the test cases were predicted: ensemble, mirroring, the way back and the post-processing kept."""
+    rounds = best.get("ensemble_rounds") or [best["round"]]
+    models = f"ensemble of rounds {', '.join(map(str, rounds))} (mean softmax)" if len(rounds) > 1 else "one model"
+    mirroring = "flip TTA" if infer.get("tta") else "no TTA"
+    way_back = "probabilities resampled" if infer.get("restore") == "probabilities" else "labels resampled"
+    steps = best.get("postprocess") or []
+    tried = sorted({row["step"] for row in best.get("postprocess_table", [])})
+    post = ", ".join(steps) if steps else "none"
+    if tried:
+        post += f" (of {', '.join(tried)} tried on the fixed holdout)"
+    return f"{models}; {mirroring}; {way_back}; post-processing: {post}"
 
 
 def wall_time_line(timings: pd.DataFrame) -> str:
