@@ -11,6 +11,7 @@ validate(config, schema="../config/schema.yaml")
 WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 
+from segflow.preflight import ConfigError, check_init_checkpoint  # noqa: E402
 from segflow.selection import cases_in_split, read_selection  # noqa: E402
 from segflow.sources import case_inputs, case_params, list_cases  # noqa: E402
 
@@ -18,6 +19,11 @@ RESULTS = Path(config["results_dir"])
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 ROUNDS = list(range(config["train"]["rounds"]))
+if config["train"]["init_checkpoint"]:  # at start-up, not after a minute of work: one line naming key and file
+    try:
+        check_init_checkpoint(config["train"]["init_checkpoint"], config["train"])
+    except ConfigError as error:
+        sys.exit(f"segflow: {error}")
 CASES = list_cases(config["dataset"], config["seed"])
 # What each case's import reads: its local source files (inputs, so replacing one reimports exactly that case) and
 # an identity for the rest (a zip member's CRC, manifest checksums in place of base URLs); see docs/data_sources.md.

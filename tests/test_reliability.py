@@ -108,3 +108,26 @@ def test_a_selection_that_cannot_train_fails_in_select_cases(tiny_run, tmp_path,
     ran = {rule for rule, _ in jobs_run(process.stdout + process.stderr)}
     assert ran == {"select_cases"}  # it fails at once: nothing after it starts
     assert not (workdir / "results/selection/cases.tsv").exists()
+
+
+def test_a_bad_init_checkpoint_stops_snakemake_at_start_up(tmp_path):
+    workdir = copy_workflow(tmp_path / "work")
+    (workdir / "notes.pt").write_text("not a checkpoint")
+    process = snakemake(workdir, *overrides(workdir, "init", {"train": {"init_checkpoint": "notes.pt"}}), check=False)
+    assert process.returncode != 0
+    assert process.stderr.strip().splitlines()[-1].startswith(
+        "segflow: train.init_checkpoint notes.pt is not a torch checkpoint"
+    ), process.stderr[-2000:]
+    assert not (workdir / "results").exists()  # nothing ran
+
+
+def test_cuda_without_a_gpu_fails_in_one_line_when_training_starts(tiny_run, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    workdir = clone_run(tiny_run, tmp_path / "run")
+    process = snakemake(workdir, *overrides(workdir, "cuda", {"train": {"device": "cuda"}}), check=False)
+    assert process.returncode != 0
+    lines = [line for line in process.stderr.splitlines() if line.startswith("segflow: train_round 0: DeviceError")]
+    assert len(lines) == 1 and "train.device is 'cuda', but the torch on" in lines[0], process.stderr[-3000:]

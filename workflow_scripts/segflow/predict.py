@@ -38,7 +38,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, batch_s
     import nibabel as nib
 
     torch.set_num_threads(max(1, threads))
-    dev = pick_device(device)
+    dev = pick_device(device, "infer.device")
     model, checkpoint = load_model(checkpoint_path, dev)
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -116,11 +117,37 @@ def round_split(
 # --- devices and checkpoints ------------------------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES)."""
+class DeviceError(ValueError):
+    """A configured device this machine does not have; the one-line message names the key and the machine."""
+
+
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES).
+
+    A device this machine lacks fails here, at the job's start, with one line naming ``key`` (the job's machine is
+    the first place where this can be known: under SLURM the submitting host may have no GPU at all)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"{key} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        import platform
+
+        host = platform.node() or "this machine"
+        if not torch.backends.cuda.is_built():
+            raise DeviceError(
+                f"{key} is {name!r}, but the torch on {host} ({torch.__version__}) was built without CUDA; set {key} "
+                "to auto or cpu, or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            raise DeviceError(
+                f"{key} is {name!r}, but {host} has {count} visible CUDA GPU(s) (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); set {key} to auto or cpu, or run where a GPU is"
+            )
+    return device
 
 
 def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
@@ -258,13 +285,13 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
 
 def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
     if init_checkpoint is not None:
-        previous = load_weights(model, init_checkpoint)
+        previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model_best.pt")
         log.info(
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
             round_index, init_checkpoint, previous.get("round"), previous.get("epoch"), previous.get("val_loss", math.nan),
         )
     elif cfg.get("init_checkpoint"):
-        load_weights(model, cfg["init_checkpoint"])
+        load_weights(model, cfg["init_checkpoint"], key="train.init_checkpoint")
         log.info("round %d starts from train.init_checkpoint %s", round_index, cfg["init_checkpoint"])
     else:
         log.info("round %d starts from random initialisation", round_index)
