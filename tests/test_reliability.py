@@ -131,3 +131,16 @@ def test_cuda_without_a_gpu_fails_in_one_line_when_training_starts(tiny_run, tmp
     assert process.returncode != 0
     lines = [line for line in process.stderr.splitlines() if line.startswith("segflow: train_round 0: DeviceError")]
     assert len(lines) == 1 and "train.device is 'cuda', but the torch on" in lines[0], process.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [({"train": {"epoch": 3}}, "'epoch' was unexpected"), ({"train": {"epochs": "six"}}, "'six' is not of type 'integer'"),
+     ({"train": {"device": "gpu"}}, "'gpu' does not match")],
+)  # fmt: skip
+def test_a_config_typo_or_wrong_type_stops_at_start_up(tmp_path, values, words):
+    workdir = copy_workflow(tmp_path / "work")
+    process = snakemake(workdir, *overrides(workdir, "typo", values), "-n", check=False)
+    output = process.stdout + process.stderr
+    assert process.returncode != 0 and words in output, output[-2000:]
+    assert not (workdir / "results").exists()
