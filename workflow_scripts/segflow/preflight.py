@@ -51,19 +51,28 @@ def read_checkpoint(path: str | Path, key: str = "train.init_checkpoint") -> dic
     path = Path(path)
     where = f"{key} {path}"
     if not path.is_file():
-        raise ConfigError(f"{where} does not exist; point {key} at a segflow checkpoint (e.g. results/train/best.pt) or set it to null")
+        raise ConfigError(
+            f"{where} does not exist; point {key} at a segflow checkpoint (e.g. results/train/best.pt) or set it to null"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             member = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if member is None:
-                raise ConfigError(f"{where} is a zip file but not a torch checkpoint (no data.pkl); point {key} at a segflow checkpoint")
+                raise ConfigError(
+                    f"{where} is a zip file but not a torch checkpoint (no data.pkl); point {key} at a segflow checkpoint"
+                )
             content = _HeaderUnpickler(io.BytesIO(archive.read(member))).load()
     except zipfile.BadZipFile:
-        raise ConfigError(f"{where} is not a torch checkpoint (not a torch.save zip file); point {key} at a segflow checkpoint such as results/train/best.pt") from None
+        raise ConfigError(
+            f"{where} is not a torch checkpoint (not a torch.save zip file); point {key} at a segflow checkpoint "
+            "such as results/train/best.pt"
+        ) from None
     except ConfigError:
         raise
     except Exception as error:  # a damaged pickle: many exception types
-        raise ConfigError(f"{where} is a damaged checkpoint ({type(error).__name__}: {error}); point {key} at another file") from None
+        raise ConfigError(
+            f"{where} is a damaged checkpoint ({type(error).__name__}: {error}); point {key} at another file"
+        ) from None
     if not isinstance(content, dict) or not isinstance(content.get("model"), dict) or "model_cfg" not in content:
         raise ConfigError(
             f"{where} is a torch file but not a segflow checkpoint (it needs 'model' weights and 'model_cfg', as "

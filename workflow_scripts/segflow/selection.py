@@ -144,10 +144,11 @@ def summary_line(table: pd.DataFrame, selection: dict, details: str = "selection
     """One line for the terminal: how many cases were kept, in which split, and why the others were left out."""
     kept = table[table["selected"]]
     splits = kept["split"].value_counts()
-    line = f"{len(kept)} of {len(table)} cases selected ({splits.get('trainval', 0)} trainval, {splits.get('test', 0)} test)"
+    counts = f"{splits.get('trainval', 0)} trainval, {splits.get('test', 0)} test"
+    line = f"{len(kept)} of {len(table)} cases selected ({counts})"
     if len(kept) < len(table):
-        counts = ", ".join(words for _, words in reason_counts(table, selection))
-        line += f"; {len(table) - len(kept)} left out: {counts}; reasons per case in {details}"
+        reasons = ", ".join(words for _, words in reason_counts(table, selection))
+        line += f"; {len(table) - len(kept)} left out: {reasons}; reasons per case in {details}"
     return line
 
 

@@ -167,7 +167,8 @@ def companion_files(path: str | Path) -> list[Path]:
     for line in lines:
         name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
         value = value.strip()
-        if sep and name.strip().lower() == key and value and value.upper() not in ("LOCAL", "LIST") and " " not in value:
+        detached = value and value.upper() not in ("LOCAL", "LIST") and " " not in value  # not a pattern list
+        if sep and name.strip().lower() == key and detached:
             return [path.parent / value]
     return []
 

@@ -70,7 +70,8 @@ def rows_digest(path: Path) -> dict[str, str]:
         for row in csv.DictReader(handle):
             match = re.match(r"(case\d+_day\d+)_slice_", row.get("id") or "")
             if match:
-                by_case.setdefault(match[1], []).append([row["id"], row.get("class"), row.get("segmentation")])
+                entry = [row["id"], row.get("class") or "", row.get("segmentation") or ""]
+                by_case.setdefault(match[1], []).append(entry)
     return {case: identity_digest(sorted(rows)) for case, rows in by_case.items()}
 
 
