@@ -11,17 +11,23 @@ validate(config, schema="../config/schema.yaml")
 WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 
+from segflow.preflight import ConfigError, check_init_checkpoint  # noqa: E402
 from segflow.selection import cases_in_split, read_selection  # noqa: E402
-from segflow.sources import list_cases  # noqa: E402
+from segflow.sources import case_inputs, case_params, list_cases  # noqa: E402
 
 RESULTS = Path(config["results_dir"])
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 ROUNDS = list(range(config["train"]["rounds"]))
+if config["train"]["init_checkpoint"]:  # at start-up, not after a minute of work: one line naming key and file
+    try:
+        check_init_checkpoint(config["train"]["init_checkpoint"], config["train"])
+    except ConfigError as error:
+        sys.exit(f"segflow: {error}")
 CASES = list_cases(config["dataset"], config["seed"])
-# What a case's content depends on: the dataset config minus the keys that only choose which cases exist, so
-# that adding cases does not change (and rerun) the import of the ones already there.
-CASE_IMPORT_PARAMS = {key: value for key, value in config["dataset"].items() if key not in ("n_cases", "cases")}
+# What each case's import reads: its local source files (inputs, so replacing one reimports exactly that case) and
+# an identity for the rest (a zip member's CRC, manifest checksums in place of base URLs); see docs/data_sources.md.
+CASE_INPUTS = case_inputs(config["dataset"], CASES)
 
 
 wildcard_constraints:
@@ -81,6 +87,17 @@ def get_selected_cases(split=None):
 
 
 # --- input functions --------------------------------------------------------------------------------------------
+
+
+def get_source_files(wildcards):
+    """The local files a case's import reads (none for downloaded or generated cases)."""
+    return list(CASE_INPUTS[wildcards.case].files)
+
+
+def get_case_import_params(wildcards):
+    """What a case's content depends on: the dataset config without the keys that only choose which cases exist
+    (adding cases reimports none of the others) or how files are fetched, plus the case's identity."""
+    return case_params(config["dataset"], CASE_INPUTS[wildcards.case])
 
 
 def get_inspections(wildcards):

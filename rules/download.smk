@@ -3,9 +3,10 @@ rule download_case:
         image=result("raw", "{case}", "imaging.nii.gz"),
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),
     input:
+        source=get_source_files,
         library=source_modules(),
     params:
-        dataset=CASE_IMPORT_PARAMS,
+        dataset=get_case_import_params,
         seed=config["seed"],
     log:
         log_path("download_case", "{case}.log"),

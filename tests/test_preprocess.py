@@ -1,5 +1,6 @@
 import gzip
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -240,3 +241,45 @@ def test_failed_preprocessing_leaves_no_output(tmp_path):
     with pytest.raises(ValueError, match="format"):
         preprocess_case(image, seg, tmp_path / "out", {**CFG, "format": "tiff"})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+sys.path.insert(0, {scripts!r})
+import segflow.preprocess as pre
+def killed(folder, *args, **kwargs):
+    (folder / "image.npy").write_bytes(b"half")
+    os.kill(os.getpid(), signal.SIGKILL)
+pre._write_slices = killed
+pre.preprocess_case({image!r}, {seg!r}, {out!r}, {cfg!r})
+"""
+
+
+def test_part_folder_left_by_a_kill_is_removed_by_the_next_run(tmp_path):
+    import subprocess
+    import sys
+
+    image, seg = write_case(tmp_path / "raw")
+    out = tmp_path / "pre" / "CASE"
+    scripts = str(Path(__file__).resolve().parents[1] / "workflow_scripts")
+    code = KILLED_WHILE_WRITING.format(scripts=scripts, image=str(image), seg=str(seg), out=str(out), cfg=CFG)
+    process = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert process.returncode == -9
+    leftovers = list((tmp_path / "pre").glob(".CASE.*.part"))
+    assert len(leftovers) == 1 and not out.exists()  # what kill -9 leaves: a hidden half-written folder
+
+    preprocess_case(image, seg, out, CFG)  # the next run of the job
+    assert sorted(p.name for p in (tmp_path / "pre").iterdir()) == ["CASE"]
+    assert {"image.npy", "label.npy", "meta.json", "slices.tsv"} <= {p.name for p in out.iterdir()}
+
+
+def test_leftovers_of_other_outputs_are_kept(tmp_path):
+    from segflow.io import atomic_path, remove_leftovers
+
+    (tmp_path / ".other.abc.part").mkdir()
+    (tmp_path / ".out.json.x1.part.json").write_text("{")
+    (tmp_path / "out.json.part").write_text("a download in progress")  # segflow.download's resumable part file
+    with atomic_path(tmp_path / "out.json") as tmp:
+        tmp.write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.abc.part", "out.json", "out.json.part"]
+    assert remove_leftovers(tmp_path / "other") == [tmp_path / ".other.abc.part"]

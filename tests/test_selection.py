@@ -47,3 +47,55 @@ def test_split_is_seeded_and_by_patient():
     splits = dict(zip(table["case_id"], table["split"]))
     assert splits["case1_day1"] == splits["case1_day2"]
     assert patient_of("case12_day20") == "case12" and patient_of("case_00012") == "case_00012"
+
+
+def test_summary_line_counts_each_reason_with_its_key():
+    from segflow.selection import summary_line
+
+    reports = [report(c) for c in "abcd"] + [report("e", n_slices=200), report("f", problems=["image unreadable"])]
+    line = summary_line(select_cases(reports, SELECTION, seed=0), SELECTION, "results/selection/cases.tsv")
+    assert line == (
+        "4 of 6 cases selected (3 trainval, 1 test); 2 left out: 1 has more than selection.max_slices (110) slices "
+        "(theirs 200), 1 has data problems (e.g. f: image unreadable); reasons per case in results/selection/cases.tsv"
+    )
+
+
+@pytest.mark.parametrize(
+    "reports, overrides, expected",
+    [
+        # air a little below -1024 HU, as in much real CT: the seed's hu_min drops every case
+        ([report(f"c{i}", hu_min=-1083 + 3 * i) for i in range(6)] + [report("x", n_slices=200, hu_min=-1030)], {},
+         ["0 trainval patients and 0 test cases left of 7 cases",
+          "7 have HU min below selection.hu_min (-1024; their minima -1083..-1030)",
+          "1 has more than selection.max_slices (110) slices (theirs 200)", "relax selection.hu_min",
+          "relax selection.max_slices"]),
+        ([report(c) for c in "abcdef"], {"max_slices": 1},
+         ["0 trainval patients", "6 have more than selection.max_slices (1) slices (theirs 80)"]),
+        ([report(c) for c in "abcd"], {"test_fraction": 0.9},
+         ["1 trainval patients and 3 test cases", "selection.test_fraction (0.9) puts 3 of the 4 selected patients in test",
+          "change selection.test_fraction"]),
+        ([report(c) for c in "ab"], {},  # a case range that is too narrow
+         ["1 trainval patients and 1 test cases left of 2 cases", "add cases (dataset.cases, dataset.n_cases)"]),
+        ([report(c) for c in "abc"], {"test_fraction": 0.0}, ["0 test cases", "selection.test_fraction (0) puts 0"]),
+        ([], {}, ["no cases to select from: dataset.cases (or dataset.n_cases) chooses none"]),
+    ],
+)  # fmt: skip
+def test_selection_that_cannot_train_and_test_fails_naming_the_keys(reports, overrides, expected):
+    from segflow.selection import check_trainable
+
+    selection = {**SELECTION, **overrides}
+    table = select_cases(reports, selection, seed=0)
+    with pytest.raises(SelectionError) as error:
+        check_trainable(table, selection, "results/logs/select_cases/select_cases.log")
+    message = str(error.value)
+    assert "\n" not in message
+    for words in expected:
+        assert words in message, message
+    if reports:
+        assert message.endswith("or see the reason per case in results/logs/select_cases/select_cases.log")
+
+
+def test_a_selection_that_can_train_and_test_passes():
+    from segflow.selection import check_trainable
+
+    check_trainable(select_cases([report(c) for c in "abc"], SELECTION, seed=0), SELECTION)

@@ -1,6 +1,8 @@
 """Every non-synthetic source, from tiny fabricated fixtures into the canonical raw layout."""
 
 import csv
+import os
+from pathlib import Path
 import zipfile
 
 import nibabel as nib
@@ -457,3 +459,118 @@ def test_uwmgi_bad_rle_is_reported(tmp_path):
     with pytest.raises(SourceError, match="case1_day0_slice_0001 stomach: run-length encoding runs outside"):
         import_case({"source": "uwmgi", "path": str(root)}, "case1_day0", *outputs(tmp_path, "case1_day0"), 0)
 
+
+
+# --- what an import reads: inputs and identities (docs/data_sources.md, "Reimports") ------------------------------
+
+
+def replace_by_mv(path, data: bytes):
+    """Replace a file as mv or rsync do (a new inode), with a modification time older than anything imported."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_bytes(data)
+    os.utime(staged, (1_000_000_000, 1_000_000_000))  # 2001: older than the imported copy
+    os.replace(staged, path)
+
+
+def test_local_inputs_are_the_case_files_and_a_replacement_changes_only_its_case(tmp_path):
+    from segflow.sources import case_inputs
+
+    for case in ("case_a", "case_b"):
+        write_pair(tmp_path / "data" / case / "imaging.nii.gz", tmp_path / "data" / case / "segmentation.nii.gz", *fabricate())
+    dataset = {"source": "local", "path": str(tmp_path / "data")}
+    before = case_inputs(dataset, ["case_a", "case_b"])
+    assert before["case_a"].files == (
+        str(tmp_path / "data/case_a/imaging.nii.gz"), str(tmp_path / "data/case_a/segmentation.nii.gz"),
+    )
+    seg = tmp_path / "data/case_b/segmentation.nii.gz"
+    os.utime(seg)  # a touch (Snakemake touches the hard-linked copy in raw/) is no change
+    assert case_inputs(dataset, ["case_a", "case_b"]) == before
+    replace_by_mv(seg, seg.read_bytes())
+    after = case_inputs(dataset, ["case_a", "case_b"])
+    assert after["case_a"] == before["case_a"] and after["case_b"].identity != before["case_b"].identity
+
+
+def test_mhd_inputs_include_the_detached_data_file(tmp_path):
+    from segflow.sources.common import companion_files
+
+    header = tmp_path / "imaging.mhd"
+    header.write_text("ObjectType = Image\nNDims = 3\nElementDataFile = imaging.raw\n")
+    assert companion_files(header) == [tmp_path / "imaging.raw"]
+    header.write_text("NDims = 3\nElementDataFile = LOCAL\n")
+    assert companion_files(header) == [] and companion_files(tmp_path / "x.nii.gz") == []
+    (tmp_path / "labels.nhdr").write_text("NRRD0004\ntype: uint8\ndata file: labels.raw.gz\n")
+    assert companion_files(tmp_path / "labels.nhdr") == [tmp_path / "labels.raw.gz"]
+
+
+def test_flare22_zip_identity_is_per_case_member_crc(tmp_path):
+    from segflow.sources import case_inputs
+
+    path, image, organs = flare_zip(tmp_path)
+    dataset = {"source": "flare22", "path": str(path)}
+    cases = ["FLARE22_Tr_0002", "FLARE22_Tr_0010"]
+    before = case_inputs(dataset, cases)
+    assert all(not inputs.files for inputs in before.values())  # the zip is no input: all cases share it
+    with zipfile.ZipFile(path) as old:
+        members = {info.filename: old.read(info) for info in old.infolist()}
+    changed = organs.copy()
+    changed[0, 0, 0] = 3
+    save_nifti(tmp_path / "new.nii.gz", changed, AFFINE)
+    with zipfile.ZipFile(tmp_path / "new.zip", "w") as new:
+        for name, data in members.items():
+            replaced = name.endswith("labels/FLARE22_Tr_0010.nii.gz")
+            new.writestr(name, (tmp_path / "new.nii.gz").read_bytes() if replaced else data)
+    os.replace(tmp_path / "new.zip", path)
+    after = case_inputs(dataset, cases)
+    assert after["FLARE22_Tr_0002"] == before["FLARE22_Tr_0002"]
+    assert after["FLARE22_Tr_0010"] != before["FLARE22_Tr_0010"]
+
+
+def test_png_pairs_and_uwmgi_inputs(tmp_path):
+    from segflow.sources import case_inputs
+
+    root = tmp_path / "pngs"
+    for name in ("p1_s1", "p1_s2", "p2_s1"):
+        write_png(root / "images" / f"{name}.png", np.full((4, 4), 9, np.uint8))
+        write_png(root / "masks" / f"{name}.png", np.zeros((4, 4), np.uint8))
+    dataset = {"source": "png_pairs", "path": str(root), "group_pattern": r"(?P<case>p\d)_s(?P<slice>\d)"}
+    inputs = case_inputs(dataset, ["p1", "p2"])
+    assert sorted(Path(f).relative_to(root).as_posix() for f in inputs["p1"].files) == [
+        "images/p1_s1.png", "images/p1_s2.png", "masks/p1_s1.png", "masks/p1_s2.png"
+    ]
+
+    uw = tmp_path / "uw"
+    for case in ("case1_day1", "case2_day1"):
+        write_png(uw / "train" / case.split("_")[0] / case / "scans" / "slice_0001_4_4_1.50_1.50.png", np.ones((4, 4), np.uint16))
+    table = "id,class,segmentation\ncase1_day1_slice_0001,stomach,1 2\ncase2_day1_slice_0001,stomach,3 2\n"
+    (uw / "train.csv").write_text(table)
+    dataset = {"source": "uwmgi", "path": str(uw)}
+    before = case_inputs(dataset, ["case1_day1", "case2_day1"])
+    assert [Path(f).name for f in before["case1_day1"].files] == ["slice_0001_4_4_1.50_1.50.png"]
+    (uw / "train.csv").write_text(table.replace("3 2", "3 4"))  # a corrected train.csv: only case2's masks differ
+    after = case_inputs(dataset, ["case1_day1", "case2_day1"])
+    assert after["case1_day1"] == before["case1_day1"] and after["case2_day1"] != before["case2_day1"]
+
+
+def test_kits_manifest_checksums_stand_in_for_the_base_urls():
+    from segflow.sources import case_inputs, case_params
+
+    manifest = {"images/case_00001.nii.gz": "a" * 64, "dataset/case_00001/segmentation.nii.gz": "b" * 64,
+                "images/case_00002.nii.gz": "c" * 64}  # fmt: skip
+    import json
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump({name: {"sha256": sha} for name, sha in manifest.items()}, handle)
+    base = {"source": "kits23", "manifest": handle.name, "cases": ["case_00001", "case_00002"],
+            "download": {"retries": 1}, "label_map": {1: 1}}  # fmt: skip
+    params = {}
+    for host in ("https://one.example", "https://mirror.example"):
+        dataset = {**base, "imaging_base_url": f"{host}/hf", "segmentation_base_url": f"{host}/gh"}
+        inputs = case_inputs(dataset, base["cases"])
+        params[host] = {case: case_params(dataset, inputs[case]) for case in base["cases"]}
+    one, mirror = params["https://one.example"], params["https://mirror.example"]
+    assert one["case_00001"] == mirror["case_00001"]  # both checksums known: the host is not part of the identity
+    assert one["case_00001"] == {"source": "kits23", "label_map": {1: 1}, "identity": {"sha256": {
+        "images/case_00001.nii.gz": "a" * 64, "dataset/case_00001/segmentation.nii.gz": "b" * 64}}}
+    assert one["case_00002"] != mirror["case_00002"]  # its segmentation has no checksum: the URLs still count
+    os.unlink(handle.name)

@@ -104,3 +104,54 @@ def test_state_from_another_configuration_is_not_resumed(tmp_path, caplog, monke
     assert "from another configuration; starting over" in caplog.text
     assert "resuming" not in caplog.text
     assert len(pd.read_csv(out / "metrics.csv")) == TRAIN["epochs"]
+
+
+def test_state_built_on_other_preprocessing_is_not_resumed(tmp_path, caplog, monkeypatch):
+    """Kill a round, change preprocess.gamma (every case is preprocessed again), rerun: the round starts over
+    and ends exactly as a clean run on the new data, instead of resuming from epochs trained on the old data."""
+    from segflow.preprocess import preprocess_case
+    from test_train import PRE
+
+    dirs = make_cases(tmp_path, n=3)  # gamma 1.5
+    out = tmp_path / "round"
+    run_epoch = segflow.train._run_epoch
+
+    def crash_in_second_epoch(setup, epoch):
+        if epoch == 1:
+            raise RuntimeError("killed")
+        return run_epoch(setup, epoch)
+
+    monkeypatch.setattr(segflow.train, "_run_epoch", crash_in_second_epoch)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_round(dirs, {c: c for c in dirs}, 0, TRAIN, SEED, outputs_in(out))
+    monkeypatch.undo()
+    assert outputs_in(out).resume_state.exists()
+
+    for case in dirs:  # what Snakemake does after the gamma change: preprocess_case reruns for every case
+        raw = tmp_path / "raw" / case
+        preprocess_case(raw / "imaging.nii.gz", raw / "segmentation.nii.gz", dirs[case], {**PRE, "gamma": 1.0})
+    delete_outputs(out)
+    with caplog.at_level(logging.INFO, logger="segflow.train"):
+        train_round(dirs, {c: c for c in dirs}, 0, TRAIN, SEED, outputs_in(out))
+    assert "is from other data (preprocessed cases changed c0, c1, c2); starting over" in caplog.text
+    assert "resuming" not in caplog.text
+
+    clean = tmp_path / "clean"
+    train_round(dirs, {c: c for c in dirs}, 0, TRAIN, SEED, outputs_in(clean))
+    without_time = lambda folder: pd.read_csv(folder / "metrics.csv").drop(columns="seconds")  # noqa: E731
+    assert without_time(out).equals(without_time(clean))
+
+
+def test_state_resumes_when_the_data_are_untouched(tmp_path, caplog, monkeypatch):
+    """The data identity is stable: reading the cases (or copying the run with its timestamps) keeps it."""
+    from segflow.train import case_identity
+
+    dirs = make_cases(tmp_path, n=2)
+    before = {c: case_identity(d) for c, d in dirs.items()}
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(dirs["c0"], copy, copy_function=shutil.copy2)
+    assert case_identity(copy) == before["c0"]
+    (copy / "meta.json").write_text((copy / "meta.json").read_text().replace('"gamma": 1.5', '"gamma": 1.0'))
+    assert case_identity(copy) != before["c0"]

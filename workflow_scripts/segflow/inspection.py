@@ -14,6 +14,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 AFFINE_TOLERANCE = 1e-3  # mm; converters round differently, real mismatches are far larger
+SINGULAR_TOLERANCE = 1e-6  # |det| of the direction part (columns scaled to unit length) below this: not orientable
 
 
 def slice_axis(affine: np.ndarray) -> int:
@@ -28,7 +29,7 @@ def inspect_case(case_id: str, image_path: str | Path, seg_path: str | Path, all
     image = _load(image_path, "image", report)
     seg = _load(seg_path, "segmentation", report)
     if image is not None:
-        _describe_image(image, report)
+        _describe_image(image, report, image_path)
     if seg is not None:
         _describe_labels(seg, allowed_labels, report)
     if image is not None and seg is not None:
@@ -49,14 +50,18 @@ def _load(path, what: str, report: dict):
     return volume, data
 
 
-def _describe_image(image, report: dict) -> None:
+def _describe_image(image, report: dict, path=None) -> None:
     volume, data = image
     report["shape"] = [int(n) for n in data.shape]
     zooms = volume.header.get_zooms()
-    report["spacing"] = [round(float(z), 6) for z in zooms[:3]]
-    report["affine"] = np.asarray(volume.affine).round(6).tolist()
+    report["spacing"] = [_finite_or_none(round(float(z), 6)) for z in zooms[:3]]
+    report["affine"] = [[_finite_or_none(v) for v in row] for row in np.asarray(volume.affine, float).round(6).tolist()]
     if data.ndim != 3:
         report["problems"].append(f"image is {data.ndim}D with shape {list(data.shape)}, expected 3D")
+        return
+    geometry = geometry_problems(volume.affine, _stored_spacing(volume, path, zooms))
+    if geometry:  # no slice axis can be read from such an affine: record no slice count rather than a wrong one
+        report["problems"] += [f"image {problem}" for problem in geometry]
         return
     axis = slice_axis(volume.affine)
     report["slice_axis"] = axis
@@ -67,6 +72,44 @@ def _describe_image(image, report: dict) -> None:
         data = data[finite]
     report["hu_min"] = float(data.min()) if data.size else None
     report["hu_max"] = float(data.max()) if data.size else None
+
+
+def geometry_problems(affine, spacing) -> list[str]:
+    """What makes a voxel-to-world affine unusable for orientation: NaN/inf, a zero voxel size, or voxel axes that
+    are not independent (a singular matrix, e.g. an all-zero row). Empty when the geometry is fine."""
+    affine = np.asarray(affine, dtype=float)
+    if not np.isfinite(affine).all():
+        return [f"affine has NaN or infinite values ({_rows(affine)})"]
+    lengths = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (lengths > 0).all() or abs(float(np.linalg.det(affine[:3, :3]))) / lengths.prod() < SINGULAR_TOLERANCE:
+        return [f"affine is singular, its voxel axes do not span 3D space ({_rows(affine)})"]
+    spacing = [float(z) for z in spacing]
+    if not all(np.isfinite(z) and z > 0 for z in spacing):
+        return [f"spacing has zero or invalid voxel sizes {[round(z, 6) for z in spacing]} mm"]
+    return []
+
+
+def _stored_spacing(volume, path, zooms) -> list[float]:
+    """The voxel sizes as stored in the file: nibabel silently turns a zero NIfTI pixdim into 1 when it loads."""
+    spacing = [float(z) for z in zooms[:3]]
+    if path is None or "pixdim" not in getattr(volume.header, "keys", lambda: ())():
+        return spacing
+    try:
+        from nibabel.openers import ImageOpener
+
+        with ImageOpener(str(path)) as handle:
+            raw = type(volume.header).from_fileobj(handle, check=False)
+        return [float(z) for z in raw["pixdim"][1:4]]
+    except Exception:  # the file was read once already; an odd header here only means: trust nibabel's zooms
+        return spacing
+
+
+def _rows(affine: np.ndarray) -> str:
+    return "; ".join(" ".join(f"{v:g}" for v in row) for row in affine[:3, :3])
+
+
+def _finite_or_none(value: float):
+    return value if np.isfinite(value) else None
 
 
 def _describe_labels(seg, allowed_labels, report: dict) -> None:
@@ -96,5 +139,5 @@ def _compare_grids(image, seg, report: dict) -> None:
         )
         return
     difference = float(np.abs(np.asarray(image_volume.affine) - np.asarray(seg_volume.affine)).max())
-    if difference > AFFINE_TOLERANCE:
+    if not difference <= AFFINE_TOLERANCE:  # NaN in either affine counts as a difference
         report["problems"].append(f"image and segmentation affines differ (max difference {difference:.4g})")

@@ -1,12 +1,15 @@
 """Atomic file output and small readers/writers shared by every stage.
 
 Every output is written to a temporary sibling and renamed into place only once it is complete, so a job killed
-half way never leaves a file that looks finished (rename is atomic within one filesystem).
+half way never leaves a file that looks finished (rename is atomic within one filesystem). A job killed with
+SIGKILL cannot clean up after itself, so the next write of the same output first removes the hidden temporary
+siblings such a kill left behind (Snakemake's lock ensures that no other job writes the same output meanwhile).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -36,6 +39,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     final.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(final.suffixes)
+    remove_leftovers(final, f".part{suffix}")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".part{suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -53,6 +57,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory next to ``final``; it replaces ``final`` only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final, ".part")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -64,6 +69,19 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def remove_leftovers(final: str | os.PathLike, suffix: str = ".part") -> list[Path]:
+    """Delete the temporary siblings (``.NAME.*<suffix>``) that a killed write of ``final`` left; return them."""
+    final = Path(final)
+    pattern = os.path.join(glob.escape(str(final.parent)), f".{glob.escape(final.name)}.*{glob.escape(suffix)}")
+    removed = [Path(p) for p in glob.glob(pattern)]
+    for path in removed:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -85,11 +85,42 @@ def _five_levels(channels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(levels)
 
 
-def load_weights(model: torch.nn.Module, checkpoint_path) -> dict:
-    """Load a checkpoint written by segflow training into ``model``; return the checkpoint dictionary."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model; the one-line message names the config key and the file."""
+
+
+def load_weights(model: torch.nn.Module, checkpoint_path, key: str | None = None) -> dict:
+    """Load a checkpoint written by segflow training into ``model``; return the checkpoint dictionary.
+
+    ``key`` names the config key the path came from, for the one-line error when the file is no segflow checkpoint
+    or holds the weights of another architecture (instead of an unpickling error or a page of state_dict keys)."""
+    where = f"{key} {checkpoint_path}" if key else str(checkpoint_path)
+    try:
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    except Exception as error:  # unpickling, zip and I/O errors alike
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(f"{where} is not a segflow checkpoint ({type(error).__name__}: {first_line})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise CheckpointError(f"{where} is not a segflow checkpoint (it holds no 'model' weights)")
+    problem = _state_dict_mismatch(model.state_dict(), checkpoint["model"])
+    if problem:
+        raise CheckpointError(
+            f"{where} holds weights of another architecture ({problem}; checkpoint built with "
+            f"{checkpoint.get('model_cfg')}); point {key or 'it'} at a checkpoint of this model or set train.model/"
+            "channels to the checkpoint's"
+        )
     model.load_state_dict(checkpoint["model"])
     return checkpoint
+
+
+def _state_dict_mismatch(expected: dict, found: dict) -> str:
+    """'' when ``found`` fits ``expected`` (same names and shapes), else counts and the first example, in words."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(getattr(found[k], "shape", ()))]
+    parts = [f"{len(names)} {what}, e.g. {names[0]}" for what, names in
+             (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if names]  # fmt: skip
+    return "; ".join(parts)
 
 
 def class_labels(logits: torch.Tensor) -> torch.Tensor:

@@ -113,7 +113,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     from segflow.postprocess import apply as apply_postprocessing
 
     torch.set_num_threads(max(1, threads))
-    device = pick_device(infer["device"])
+    device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
     labels, _ = predict_volume(models, case_dir, infer, device, checkpoint["context_slices"])
     raw = nib.load(str(raw_image_path))
@@ -153,7 +153,7 @@ def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list,
         log.warning("train.postprocess needs a fixed holdout (train.holdout_fraction > 0); no post-processing")
         return {"steps": [], "table": []}
     torch.set_num_threads(max(1, threads))
-    device = pick_device(infer["device"])
+    device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
     predictions, references = [], []
     for case_dir in holdout_dirs:

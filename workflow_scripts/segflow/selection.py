@@ -101,3 +101,87 @@ def write_selection(path, table: pd.DataFrame) -> None:
     from segflow.io import write_table
 
     write_table(path, table.assign(selected=table["selected"].map({True: "true", False: "false"})))
+
+
+# --- what the selection leaves, in one line -------------------------------------------------------------------------
+
+FILTERS = (  # (pattern of a reason part written by rejection_reason, config key, figure, how to say it)
+    (re.compile(r"\d+ slices > max_slices"), "max_slices", "n_slices",
+     "{n} {have} more than selection.max_slices ({value:g}) slices (theirs {spread})"),
+    (re.compile(r"HU min \S+ < hu_min"), "hu_min", "hu_min",
+     "{n} {have} HU min below selection.hu_min ({value:g}; their minima {spread})"),
+    (re.compile(r"HU max \S+ > hu_max"), "hu_max", "hu_max",
+     "{n} {have} HU max above selection.hu_max ({value:g}; their maxima {spread})"),
+)  # fmt: skip
+MIN_TRAINVAL_PATIENTS = 2  # a training round splits its patients into train and val
+
+
+def _parts(reason: str) -> list[str]:
+    return reason.split("; ") if reason else []
+
+
+def reason_counts(table: pd.DataFrame, selection: dict) -> list[tuple[str, str]]:
+    """(config key or "data", words) per reason cases were left out, with counts (a case may count twice)."""
+    left_out = table[~table["selected"]]
+    counts = []
+    for pattern, key, figure, words in FILTERS:
+        hit = left_out[left_out["reason"].map(lambda r: any(pattern.match(p) for p in _parts(r)))]
+        if len(hit):
+            values = pd.to_numeric(hit[figure], errors="coerce")
+            spread = f"{values.min():g}" if values.min() == values.max() else f"{values.min():g}..{values.max():g}"
+            have = "has" if len(hit) == 1 else "have"
+            counts.append((key, words.format(n=len(hit), have=have, value=selection[key], spread=spread)))
+    by_filter = lambda part: any(pattern.match(part) for pattern, *_ in FILTERS)  # noqa: E731
+    problems = left_out[left_out["reason"].map(lambda r: not all(by_filter(p) for p in _parts(r)))]
+    if len(problems):
+        first = problems.iloc[0]
+        have = "has" if len(problems) == 1 else "have"
+        counts.append(("data", f"{len(problems)} {have} data problems (e.g. {first['case_id']}: {first['reason']})"))
+    return counts
+
+
+def summary_line(table: pd.DataFrame, selection: dict, details: str = "selection/cases.tsv") -> str:
+    """One line for the terminal: how many cases were kept, in which split, and why the others were left out."""
+    kept = table[table["selected"]]
+    splits = kept["split"].value_counts()
+    counts = f"{splits.get('trainval', 0)} trainval, {splits.get('test', 0)} test"
+    line = f"{len(kept)} of {len(table)} cases selected ({counts})"
+    if len(kept) < len(table):
+        reasons = ", ".join(words for _, words in reason_counts(table, selection))
+        line += f"; {len(table) - len(kept)} left out: {reasons}; reasons per case in {details}"
+    return line
+
+
+def check_trainable(table: pd.DataFrame, selection: dict, details: str = "the select_cases log") -> None:
+    """Raise SelectionError (one line: counts per reason, the config keys behind them, what to change) unless the
+    selection leaves at least two trainval patients (a round's train and val) and one test case."""
+    if table.empty:
+        raise SelectionError(
+            "no cases to select from: dataset.cases (or dataset.n_cases) chooses none of the source's cases; "
+            "widen that range or list"
+        )
+    kept = table[table["selected"].astype(bool)]
+    trainval_patients = kept.loc[kept["split"] == "trainval", "patient_id"].nunique()
+    n_test = int((kept["split"] == "test").sum())
+    if trainval_patients >= MIN_TRAINVAL_PATIENTS and n_test >= 1:
+        return
+    counts = reason_counts(table, selection)
+    causes = [words for _, words in counts]
+    fixes = [f"relax selection.{key}" for key, _ in counts if key != "data"]
+    if any(key == "data" for key, _ in counts):
+        fixes.append("fix or replace the cases with data problems")
+    patients = kept["patient_id"].nunique()
+    if patients:
+        test_patients = kept.loc[kept["split"] == "test", "patient_id"].nunique()
+        causes.append(
+            f"selection.test_fraction ({selection['test_fraction']:g}) puts {test_patients} of the {patients} "
+            f"selected patients in test"
+        )
+        fixes.append("change selection.test_fraction")
+    if table["patient_id"].nunique() < MIN_TRAINVAL_PATIENTS + 1:
+        fixes.append("add cases (dataset.cases, dataset.n_cases)")
+    raise SelectionError(
+        f"{trainval_patients} trainval patients and {n_test} test cases left of {len(table)} cases (training needs "
+        f"{MIN_TRAINVAL_PATIENTS} trainval patients, scoring 1 test case): {', '.join(causes)}; "
+        f"{', '.join(fixes)}, or see the reason per case in {details}"
+    )

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -115,11 +116,37 @@ def round_split(
 # --- devices and checkpoints ------------------------------------------------------------------------------------------
 
 
-def pick_device(name: str) -> torch.device:
-    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES)."""
+class DeviceError(ValueError):
+    """A configured device this machine does not have; the one-line message names the key and the machine."""
+
+
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES).
+
+    A device this machine lacks fails here, at the job's start, with one line naming ``key`` (the job's machine is
+    the first place where this can be known: under SLURM the submitting host may have no GPU at all)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"{key} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        import platform
+
+        host = platform.node() or "this machine"
+        if not torch.backends.cuda.is_built():
+            raise DeviceError(
+                f"{key} is {name!r}, but the torch on {host} ({torch.__version__}) was built without CUDA; set {key} "
+                "to auto or cpu, or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            raise DeviceError(
+                f"{key} is {name!r}, but {host} has {count} visible CUDA GPU(s) (CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); set {key} to auto or cpu, or run where a GPU is"
+            )
+    return device
 
 
 def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
@@ -207,7 +234,7 @@ def train_round(
     torch.set_num_threads(max(1, threads))
     with _stop_on_sigterm():
         setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
-        fingerprint = _fingerprint(cfg, seed, round_index, sorted(case_dirs), init_checkpoint)
+        fingerprint = _fingerprint(cfg, seed, round_index, case_dirs, init_checkpoint)
         state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
             state.record(_run_epoch(setup, state.next_epoch), setup.model)
@@ -282,13 +309,13 @@ def validation_subset(val_set: SliceDataset, cfg: dict, round_seed: int):
 
 def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
     if init_checkpoint is not None:
-        previous = load_weights(model, init_checkpoint)
+        previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model_best.pt")
         log.info(
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
             round_index, init_checkpoint, previous.get("round"), previous.get("epoch"), previous.get("val_loss", math.nan),
         )
     elif cfg.get("init_checkpoint"):
-        load_weights(model, cfg["init_checkpoint"])
+        load_weights(model, cfg["init_checkpoint"], key="train.init_checkpoint")
         log.info("round %d starts from train.init_checkpoint %s", round_index, cfg["init_checkpoint"])
     else:
         log.info("round %d starts from random initialisation", round_index)
@@ -451,15 +478,62 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
 # --- resume and the end of a round ------------------------------------------------------------------------------------
 
 
-def _fingerprint(cfg: dict, seed: int, round_index: int, case_ids: list[str], init_checkpoint) -> str:
-    """What a saved state must match to be resumed: same training config, seed, cases and starting weights."""
+def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_checkpoint) -> dict:
+    """What a saved state must match to be resumed: the training config, seed and round, the starting weights, and
+    the data training reads (one identity per preprocessed case, see :func:`case_identity`).
+
+    A dict of parts, so that a mismatch can say what changed."""
     cfg = {k: v for k, v in cfg.items() if k not in SELECTION_ONLY_KEYS}
-    init = Path(init_checkpoint).stat().st_size if init_checkpoint else None
-    text = json.dumps([cfg, seed, round_index, case_ids, str(init_checkpoint), init], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    warm_start = cfg.get("init_checkpoint") if init_checkpoint is None else None  # as _initialise chooses
+    return {
+        "config": _digest(json.dumps([cfg, seed, round_index], sort_keys=True, default=str).encode()),
+        "init": {str(p): _file_digest(p) for p in (init_checkpoint, warm_start) if p},
+        "cases": {case: case_identity(case_dirs[case]) for case in sorted(case_dirs)},
+    }
 
 
-def _training_state(setup: RoundSetup, state: RoundState, fingerprint: str) -> dict:
+def case_identity(case_dir) -> str:
+    """A preprocessed case as training reads it: the content of meta.json and slices.tsv, and the name, size and
+    modification time (ns) of every array or slice file, which a rerun of preprocess_case always renews."""
+    case_dir = Path(case_dir)
+    parts = []
+    for path in sorted(p for p in case_dir.rglob("*") if p.is_file()):
+        name = path.relative_to(case_dir).as_posix()
+        if path.suffix in (".json", ".tsv"):
+            parts.append([name, _file_digest(path)])
+        else:
+            stat = path.stat()
+            parts.append([name, stat.st_size, stat.st_mtime_ns])
+    return _digest(json.dumps(parts).encode())
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_digest(path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _fingerprint_change(saved, current: dict) -> str:
+    """Why a saved state does not match, in words (for the log line that says the round starts over)."""
+    if not isinstance(saved, dict) or saved.get("config") != current["config"]:
+        return "another configuration"
+    if saved.get("init") != current["init"]:
+        return "other starting weights (" + ", ".join(current["init"]) + ")"
+    old, new = saved.get("cases", {}), current["cases"]
+    changed = sorted(c for c in set(old) & set(new) if old[c] != new[c])
+    added, removed = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+    words = [f"{label} {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''}"
+             for label, ids in (("changed", changed), ("added", added), ("removed", removed)) if ids]  # fmt: skip
+    return "other data (preprocessed cases " + "; ".join(words) + ")"
+
+
+def _training_state(setup: RoundSetup, state: RoundState, fingerprint: dict | None) -> dict:
     """Everything needed to continue after ``state.next_epoch - 1`` exactly as if the process had never stopped.
 
     The sampler and the MONAI augmentations are reseeded from (seed, round, epoch) at every epoch start, so the
@@ -475,19 +549,23 @@ def _training_state(setup: RoundSetup, state: RoundState, fingerprint: str) -> d
     }
 
 
-def _save_state(setup: RoundSetup, state: RoundState, path: Path, fingerprint: str) -> None:
+def _save_state(setup: RoundSetup, state: RoundState, path: Path, fingerprint: dict) -> None:
     # One atomic file: a kill at any instant leaves either the previous complete epoch or this one, never a mix.
     with atomic_path(path) as tmp:
         torch.save(_training_state(setup, state, fingerprint), tmp)
 
 
-def _resume(setup: RoundSetup, path: Path, fingerprint: str) -> RoundState:
-    """The state saved after the last completed epoch when it matches this round's configuration, else a fresh one."""
+def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
+    """The state saved after the last completed epoch when it was built from this round's configuration, starting
+    weights and data, else a fresh one."""
     if not path.exists():
         return RoundState()
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if saved.get("fingerprint") != fingerprint:
-        log.info("round %d: saved state %s is from another configuration; starting over", setup.round_index, path)
+        log.info(
+            "round %d: saved state %s is from %s; starting over",
+            setup.round_index, path, _fingerprint_change(saved.get("fingerprint"), fingerprint),
+        )
         path.unlink()
         return RoundState()
     setup.model.load_state_dict(saved["model"])

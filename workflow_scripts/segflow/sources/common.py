@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segflow.io import atomic_path, save_nifti
-from segflow.sources import SourceError
+from segflow.sources import CaseInputs, SourceError, identity_digest
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,48 @@ def _read_itk(path: Path) -> tuple[np.ndarray, np.ndarray]:
     affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
     return array, affine
+
+
+def companion_files(path: str | Path) -> list[Path]:
+    """The detached data file of an MHD or NHDR header (``ElementDataFile = x.raw``, ``data file: x.raw``), which
+    the header's reader also reads; empty for every other format, or when the data sit in the header file."""
+    path = Path(path)
+    lower = path.name.lower()
+    if not lower.endswith((".mhd", ".nhdr")):
+        return []
+    key = "elementdatafile" if lower.endswith(".mhd") else "data file"
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        name, sep, value = line.partition("=" if key == "elementdatafile" else ":")
+        value = value.strip()
+        detached = value and value.upper() not in ("LOCAL", "LIST") and " " not in value  # not a pattern list
+        if sep and name.strip().lower() == key and detached:
+            return [path.parent / value]
+    return []
+
+
+def file_identity(paths) -> str:
+    """A digest of each file's path, inode and size. Replacing a file (mv, rsync, cp to a temporary name and
+    rename) gives it a new inode even when the new file's modification time is older than the imported copy, which
+    Snakemake's own mtime check would miss; touching a file (Snakemake touches the hard-linked copies) changes
+    neither. In-place writes keep the inode and are caught by the mtime check on the same files as inputs."""
+    entries = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            entries.append([str(path), stat.st_ino, stat.st_size])
+        except OSError:
+            entries.append([str(path), None, None])  # missing: Snakemake reports it as a missing input
+    return identity_digest(entries)
+
+
+def local_case_inputs(files) -> CaseInputs:
+    """Files on disk as the inputs of a case's import, with their identity (``file_identity``) as its params."""
+    files = [str(f) for f in files]
+    return CaseInputs(files=tuple(files), identity={"files": file_identity(files)})
 
 
 def is_plain_label_nifti(path: str | Path) -> bool:

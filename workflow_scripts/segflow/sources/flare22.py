@@ -23,8 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from segflow.io import atomic_path, save_nifti
-from segflow.sources import SourceError, select_ids
-from segflow.sources.common import apply_label_map, check_case_ids, dataset_path, natural_key, parse_label_map
+from segflow.sources import CaseInputs, SourceError, select_ids
+from segflow.sources.common import (
+    apply_label_map,
+    check_case_ids,
+    dataset_path,
+    local_case_inputs,
+    natural_key,
+    parse_label_map,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,17 @@ def list_cases(dataset: dict, seed: int) -> list[str]:
     with open_archive(dataset) as archive:
         cases = index_cases(archive)
     return select_ids(list(cases), dataset.get("cases"))
+
+
+def case_inputs(dataset: dict, case_ids: list[str]) -> dict:
+    """An extracted folder: each case's two files (inputs of its import). A zip: the CRC-32 and size of each case's
+    two members, from the zip's directory, so that a replaced zip reimports exactly the cases whose members changed."""
+    with open_archive(dataset) as archive:
+        cases = index_cases(archive)
+        if archive.zip is None:
+            return {c: local_case_inputs([archive.path / member for member in cases[c]]) for c in case_ids}
+        info = {item.filename: [item.CRC, item.file_size] for item in archive.zip.infolist()}
+        return {c: CaseInputs(identity={"members": {m: info[m] for m in cases[c]}}) for c in case_ids}
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:

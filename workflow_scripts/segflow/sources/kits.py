@@ -26,7 +26,7 @@ import numpy as np
 
 from segflow.download import fetch, load_manifest, manifest_checks
 from segflow.io import save_nifti
-from segflow.sources import SourceError, select_ids
+from segflow.sources import CaseInputs, SourceError, select_ids
 from segflow.sources.common import apply_label_map, is_plain_label_nifti, parse_label_map, to_uint8_labels
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,23 @@ def case_ids(release: Release) -> list[str]:
 def list_cases(dataset: dict, seed: int) -> list[str]:
     """The configured cases; computed, never fetched, so a dry run over every case is instant."""
     return select_ids(case_ids(release_of(dataset)), dataset.get("cases"))
+
+
+def case_inputs(dataset: dict, case_ids: list[str]) -> dict:
+    """Remote files are no Snakemake inputs. When the manifest gives the SHA-256 of both files of a case, those
+    checksums are the case's identity in place of the base URLs: a mirror with the same bytes (a host-only change)
+    reimports nothing, while a different file version (a new checksum) reimports its case. Without checksums the
+    URLs stay the identity, since a URL (a commit in place of main) may be all that names a dataset version."""
+    release, manifest = release_of(dataset), load_manifest(dataset)
+    found = {}
+    for case_id in case_ids:
+        paths = (IMAGING_PATH.format(case=case_id), release.segmentation_path.format(case=case_id))
+        sums = {path: manifest_checks(manifest, path).get("sha256") for path in paths}
+        if all(sums.values()):
+            found[case_id] = CaseInputs(
+                identity={"sha256": sums}, replaces=("imaging_base_url", "segmentation_base_url")
+            )
+    return found
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:

@@ -27,9 +27,11 @@ from segflow.sources.common import (
     VOLUME_SUFFIXES,
     apply_label_map,
     check_case_ids,
+    companion_files,
     dataset_path,
     is_plain_label_nifti,
     link_or_copy,
+    local_case_inputs,
     natural_key,
     parse_label_map,
     read_volume,
@@ -53,6 +55,17 @@ class LocalCase:
 def list_cases(dataset: dict, seed: int) -> list[str]:
     _, cases = find_cases(dataset)
     return select_ids(list(cases), dataset.get("cases"))
+
+
+def case_inputs(dataset: dict, case_ids: list[str]) -> dict:
+    """Each case's image and label files (and an MHD/NHDR header's data file): inputs of its import."""
+    _, cases = find_cases(dataset)
+    found = {}
+    for case_id in case_ids:
+        case = cases[case_id]
+        files = [case.image, *companion_files(case.image), case.label, *companion_files(case.label)]
+        found[case_id] = local_case_inputs(files)
+    return found
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:

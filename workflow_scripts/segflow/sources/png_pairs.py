@@ -31,6 +31,7 @@ from segflow.sources.common import (
     apply_label_map,
     check_case_ids,
     dataset_path,
+    local_case_inputs,
     natural_key,
     parse_label_map,
     parse_spacing,
@@ -48,6 +49,15 @@ WHAT = "a folder with images/ and masks/ holding PNG files of the same names"
 
 def list_cases(dataset: dict, seed: int) -> list[str]:
     return select_ids(list(group_files(dataset)[1]), dataset.get("cases"))
+
+
+def case_inputs(dataset: dict, case_ids: list[str]) -> dict:
+    """Each case's image and mask PNGs: inputs of its import."""
+    root, groups = group_files(dataset)
+    return {
+        case: local_case_inputs([root / sub / name for sub in ("images", "masks") for name in groups[case]])
+        for case in case_ids
+    }
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:

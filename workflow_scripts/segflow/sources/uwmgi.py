@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from segflow.io import save_nifti
-from segflow.sources import SourceError, select_ids
+from segflow.sources import CaseInputs, SourceError, identity_digest, select_ids
 from segflow.sources.common import (
     check_case_ids,
     dataset_path,
+    local_case_inputs,
     natural_key,
     parse_label_map,
     read_gray,
@@ -47,6 +48,31 @@ WHAT = "the unpacked UW-Madison GI tract folder (train.csv and train/)"
 
 def list_cases(dataset: dict, seed: int) -> list[str]:
     return select_ids(list(find_case_days(dataset)), dataset.get("cases"))
+
+
+def case_inputs(dataset: dict, case_ids: list[str]) -> dict:
+    """Each case-day's slice PNGs (inputs of its import) and a digest of its own rows of train.csv, which all
+    cases share: a corrected train.csv reimports exactly the case-days whose masks changed."""
+    case_days = find_case_days(dataset)
+    rows = rows_digest(csv_path(dataset))
+    found = {}
+    for case_id in case_ids:
+        slices = local_case_inputs([path for _, _, path in read_slices(case_days[case_id])])
+        identity = {**slices.identity, "train_csv": rows.get(case_id, "")}
+        found[case_id] = CaseInputs(files=slices.files, identity=identity)
+    return found
+
+
+def rows_digest(path: Path) -> dict[str, str]:
+    """{case-day id: digest of its train.csv rows}, in one pass over the file."""
+    by_case: dict[str, list] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            match = re.match(r"(case\d+_day\d+)_slice_", row.get("id") or "")
+            if match:
+                entry = [row["id"], row.get("class") or "", row.get("segmentation") or ""]
+                by_case.setdefault(match[1], []).append(entry)
+    return {case: identity_digest(sorted(rows)) for case, rows in by_case.items()}
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:
