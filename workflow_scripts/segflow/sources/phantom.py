@@ -20,8 +20,8 @@ The image is built in RAS voxel order whatever the file's orientation, around th
   cases, and an occasional calibration offset.
 
 Everything but the kidneys is drawn on a coarse grid (about 2.4 x 2.4 x 3 mm) and interpolated up; the kidneys and
-their lesions are drawn at full resolution in boxes around them. A 512x512x600 case takes a few seconds per core
-(writing the gzip file is a large part of it).
+their lesions are drawn at full resolution in boxes around them. A 512x512x611 case takes about 11 s of CPU to
+make and 4 s to write (gzip).
 """
 
 from __future__ import annotations
@@ -195,11 +195,18 @@ def _upsample_axis(a: np.ndarray, axis: int, n_out: int, factor: float) -> np.nd
     i0 = np.minimum(np.floor(u).astype(np.intp), n_in - 2)
     shape = [1] * a.ndim
     shape[axis] = n_out
-    w = (u - i0).astype(np.float32).reshape(shape)
+    w = (u - i0).astype(np.float32)
+    if axis == 0:  # row by row: no full-size temporaries (same arithmetic as below, so the same result)
+        out = np.empty((n_out, *a.shape[1:]), dtype=np.float32)
+        for i in range(n_out):
+            np.subtract(a[i0[i] + 1], a[i0[i]], out=out[i])
+            out[i] *= w[i]
+            out[i] += a[i0[i]]
+        return out
     lo = np.take(a, i0, axis=axis)
     hi = np.take(a, i0 + 1, axis=axis)
     hi -= lo
-    hi *= w
+    hi *= w.reshape(shape)
     lo += hi
     return lo
 
@@ -657,7 +664,8 @@ def add_scanner_effects(image: np.ndarray, spacing, rng, p: dict, a: dict) -> No
     streak *= p["streaks"] * np.exp(-r / 90.0) * (r > 20)
     amplitude = (0.5 + 0.5 * rng.random(nz)).astype(np.float32)
     amplitude = ndimage.uniform_filter1d(amplitude, max(1, int(5 / spacing[2])))
-    image += streak[:, :, None] * amplitude[None, None, :]
+    for i in range(nx):  # row by row: no full-size temporary
+        image[i] += streak[i, :, None] * amplitude[None, :]
     # Correlated noise: white noise through a 3-tap binomial filter in-plane (std 0.375 of the white noise's).
     noise_rng = np.random.default_rng(rng.integers(2**63))
     scale = np.float32(p["noise"] / 0.375)
