@@ -67,6 +67,7 @@ def source_modules():
     source = config["dataset"]["source"]
     modules = {
         "synthetic": ["sources/synthetic"],
+        "phantom": ["sources/phantom", "sources/common", "seeding"],
         "kits23": ["sources/kits", "sources/common", "download"],
         "kits19": ["sources/kits", "sources/common", "download"],
         "local": ["sources/local", "sources/common", "download"],

@@ -34,6 +34,7 @@ SOURCES = {
     "flare22": "segflow.sources.flare22",
     "png_pairs": "segflow.sources.png_pairs",
     "uwmgi": "segflow.sources.uwmgi",
+    "phantom": "segflow.sources.phantom",
 }
 
 
