@@ -177,6 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-validation", action="store_true", help="run nnU-Net's final validation after training")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--mirroring", choices=("on", "off"), default="on", help="test-time mirroring in prediction")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="plan stage: fingerprint and plans only (nnU-Net's --no_pp), no preprocessed data")
     p.add_argument("--np", type=int, default=2, help="processes for fingerprint and preprocessing")
     p.add_argument("--da-workers", type=int, default=2, help="nnUNet_n_proc_DA (data augmentation workers)")
     p.add_argument("--predict-workers", type=int, default=1, help="nnUNetv2_predict -npp and -nps")
@@ -324,6 +326,8 @@ def convert(args, splits) -> dict:
 def plan(args, env) -> float:
     command = [tool(args, "nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c", "2d",
                "--verify_dataset_integrity", "-np", str(args.np), "-npfp", str(args.np)]
+    if args.no_preprocess:
+        command.append("--no_pp")
     return run_logged(args, command, "plan_and_preprocess", env)
 
 
@@ -510,7 +514,7 @@ def main(argv=None) -> None:
     record.setdefault("options", {})
     stage_options = {
         "convert": {"labels": args.labels, "link": args.link, "reader": args.reader},
-        "plan": {"np": args.np},
+        "plan": {"np": args.np, "no_preprocess": args.no_preprocess},
         "train": {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
                   "val_iterations_per_epoch": args.val_iterations_per_epoch,
                   "time_budget_min": args.time_budget_min, "device": args.device, "da_workers": args.da_workers,
