@@ -14,6 +14,32 @@ sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 from segflow.selection import cases_in_split, read_selection  # noqa: E402
 from segflow.sources import list_cases  # noqa: E402
 
+
+
+def _regroup_from_scratch():
+    """Work around a Snakemake bug with --group-components in a DAG with a checkpoint (snakemake/snakemake#1217,
+    #1628; checked in 9.27). With jobs whose input waits on the checkpoint, every DAG postprocessing runs twice;
+    the second pass gets back the group jobs the first pass merged (GroupJobFactory caches them) and merges them
+    again, so groups grow past their size and overlap (6 jobs in groups of 2 came out as 4 + 2 + 2). Each
+    regrouping here starts from new group jobs. Regrouping happens when the DAG is built and when select_cases
+    has run, and no group job is running then: inspect groups are done before select_cases, later ones start
+    after. tests/test_slurm_plan.py checks the groups (each job in one group, none over its size)."""
+    from snakemake.dag import DAG
+
+    if getattr(DAG.update_groups, "segflow_regroups", False):
+        return
+    update_groups = DAG.update_groups
+
+    def update_groups_from_scratch(self):
+        self.group_job_factory.cache.clear()
+        update_groups(self)
+
+    update_groups_from_scratch.segflow_regroups = True
+    DAG.update_groups = update_groups_from_scratch
+
+
+_regroup_from_scratch()
+
 RESULTS = Path(config["results_dir"])
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
