@@ -11,7 +11,6 @@ validate(config, schema="../config/schema.yaml")
 WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 
-from segflow.selection import cases_in_split, read_selection  # noqa: E402
 from segflow.sources import list_cases  # noqa: E402
 
 
@@ -99,10 +98,16 @@ def source_modules():
 
 def selection_table():
     """The selection table; reading it makes the caller depend on the select_cases checkpoint."""
+    # Imported here: segflow.selection brings pandas, which every Snakemake process (on SLURM two per job) would
+    # otherwise import while parsing the workflow, even where no job needs the table.
+    from segflow.selection import read_selection
+
     return read_selection(checkpoints.select_cases.get().output.table)
 
 
 def get_selected_cases(split=None):
+    from segflow.selection import cases_in_split
+
     return cases_in_split(selection_table(), split)
 
 

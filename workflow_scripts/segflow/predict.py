@@ -11,7 +11,6 @@ import torch
 from segflow.io import read_json, save_nifti
 from segflow.models import build_model, class_labels, load_weights
 from segflow.preprocess import load_case, restore_labels
-from segflow.train import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +35,8 @@ def predict_slices(model: torch.nn.Module, image_zhw: np.ndarray, batch_size: in
 def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, batch_size: int, device: str, threads: int = 1):
     """Predict one case and save the label map with the raw image's shape and affine."""
     import nibabel as nib
+
+    from segflow.train import pick_device  # here, not at the top: segflow.train brings pandas and the training code
 
     torch.set_num_threads(max(1, threads))
     dev = pick_device(device)
