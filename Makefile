@@ -28,7 +28,7 @@ dry-run: install
 test: install
 	$(BIN)/python -m pytest tests
 
-# A real single-node SLURM cluster on localhost (needs root: installs slurm-wlm and munge); about 5-6 min.
+# A real single-node SLURM cluster on localhost (needs root: installs slurm-wlm and munge); see docs/slurm.md.
 test-slurm: install
 	bash tests/slurm/run_slurm_test.sh
 

@@ -12,8 +12,32 @@ WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 
 from segflow.preflight import ConfigError, check_init_checkpoint  # noqa: E402
-from segflow.selection import cases_in_split, read_selection  # noqa: E402
 from segflow.sources import case_inputs, case_params, list_cases  # noqa: E402
+
+
+def _regroup_from_scratch():
+    """Work around a Snakemake bug with --group-components in a DAG with a checkpoint (snakemake/snakemake#1217,
+    #1628; checked in 9.27). With jobs whose input waits on the checkpoint, every DAG postprocessing runs twice;
+    the second pass gets back the group jobs the first pass merged (GroupJobFactory caches them) and merges them
+    again, so groups grow past their size and overlap (6 jobs in groups of 2 came out as 4 + 2 + 2). Each
+    regrouping here starts from new group jobs. Regrouping happens when the DAG is built and when select_cases
+    has run, and no group job is running then: inspect groups are done before select_cases, later ones start
+    after. tests/test_slurm_plan.py checks the groups (each job in one group, none over its size)."""
+    from snakemake.dag import DAG
+
+    if getattr(DAG.update_groups, "segflow_regroups", False):
+        return
+    update_groups = DAG.update_groups
+
+    def update_groups_from_scratch(self):
+        self.group_job_factory.cache.clear()
+        update_groups(self)
+
+    update_groups_from_scratch.segflow_regroups = True
+    DAG.update_groups = update_groups_from_scratch
+
+
+_regroup_from_scratch()
 
 RESULTS = Path(config["results_dir"])
 LOGS = RESULTS / "logs"
@@ -80,10 +104,16 @@ def source_modules():
 
 def selection_table():
     """The selection table; reading it makes the caller depend on the select_cases checkpoint."""
+    # Imported here: segflow.selection brings pandas, which every Snakemake process (on SLURM two per job) would
+    # otherwise import while parsing the workflow, even where no job needs the table.
+    from segflow.selection import read_selection
+
     return read_selection(checkpoints.select_cases.get().output.table)
 
 
 def get_selected_cases(split=None):
+    from segflow.selection import cases_in_split
+
     return cases_in_split(selection_table(), split)
 
 

@@ -1,4 +1,7 @@
 rule download_case:
+    # Runs where Snakemake runs (the submit host): compute nodes often have no internet. A site whose nodes do
+    # can put it in a group in the SLURM profile, which submits it (docs/slurm.md, "489 cases").
+    localrule: True
     output:
         image=result("raw", "{case}", "imaging.nii.gz"),
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),

@@ -1,4 +1,5 @@
 rule render_report:
+    localrule: True  # a few figures and one HTML file, on the submit host
     output:
         report(result("report", "report.html"), caption="../report/report.rst", category="Report"),
     input:

@@ -21,6 +21,7 @@ rule score_case:
 
 
 rule aggregate_scores:
+    localrule: True  # one small JSON per test case into two tables
     output:
         table=report(result("scores", "scores.tsv"), caption="../report/scores.rst", category="Scores"),
         summary=result("scores", "summary.json"),

@@ -40,6 +40,10 @@ echo "SLURM run done after $(elapsed)"
 (cd "$WORK/slurm" && "$SNAKEMAKE" -n --forcerun preprocess_case --profile profiles/slurm --configfile config/tiny.yaml \
     > dry_run_after.log 2>&1) || {
     tail -30 "$WORK/slurm/dry_run_after.log"; echo "profiles/slurm does not load: $WORK/slurm/dry_run_after.log" >&2; exit 1; }
+# A failed job in a group job: the group's finished jobs are kept and the rerun redoes only the rest.
+(cd "$WORK/slurm" && "$PYTHON" "$REPO/tests/slurm/group_retry.py" "$WORK/slurm" "$SNAKEMAKE") || {
+    echo "the group retry check failed; its logs: $WORK/slurm/retry_*.log" >&2; exit 1; }
+echo "group retry checked after $(elapsed)"
 wait "$local_pid" || {
     tail -50 "$WORK/local/run.log"; echo "the local run failed; its log: $WORK/local/run.log" >&2; exit 1; }
 echo "local run done after $(elapsed)"

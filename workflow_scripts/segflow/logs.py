@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 
@@ -30,13 +31,16 @@ def run_logged(main, log_path: str | Path | None, what: str) -> None:
     """Run ``main()`` with logging into ``log_path``; on failure, log the traceback and exit with one clear line.
 
     The one line (``segflow: <what>: <error>``) goes to the terminal the user watches; the full traceback stays
-    in the log file that Snakemake names in its error report.
+    in the log file that Snakemake names in its error report. The last line of a successful log says how long
+    ``main()`` took: the work, apart from starting Python and the script's imports (benchmarks/job_overhead.py).
     """
     terminal = sys.__stderr__
     logger = setup_logging(log_path)
+    start = time.perf_counter()
     try:
         main()
     except Exception as error:  # report every failure the same way, then let Snakemake see the exit status
         logger.exception("%s failed", what)
         print(f"segflow: {what}: {type(error).__name__}: {error}", file=terminal, flush=True)
         raise SystemExit(1) from None
+    logger.info("%s: work done in %.3f s", what, time.perf_counter() - start)

@@ -18,7 +18,6 @@ from segflow.data import context_stack
 from segflow.io import read_json, save_nifti
 from segflow.models import build_model, class_labels
 from segflow.preprocess import load_case, restore_labels, restore_probabilities
-from segflow.train import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +110,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     import nibabel as nib
 
     from segflow.postprocess import apply as apply_postprocessing
+    from segflow.train import pick_device  # here, not at the top: segflow.train brings pandas and the training code
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
@@ -146,6 +146,8 @@ def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list,
     ensemble and mirroring as the test cases. Returns ``{"steps": [...], "table": [...]}``.
     """
     from segflow.postprocess import decide
+
+    from segflow.train import pick_device
 
     if not candidates:
         return {"steps": [], "table": []}

@@ -15,9 +15,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where tables are built: score_case does not need it (a lighter start-up)
+    import pandas as pd
 
 from segflow.io import write_json, write_table
 
@@ -77,6 +80,8 @@ def aggregate(
 
 
 def read_case_scores(score_paths: list[Path], case_ids: list[str]) -> pd.DataFrame:
+    import pandas as pd
+
     rows = []
     for case_id, path in zip(case_ids, score_paths, strict=True):
         with open(path) as handle:
@@ -124,6 +129,8 @@ def statistics(column: pd.Series) -> dict:
 def summary_long(summary: dict[str, dict], score_cfg: dict | None = None) -> pd.DataFrame:
     """One row per region or label and metric: name, kind (region | label), label values, metric, statistics.
     A label named like a region (KiTS: tumor = label 2) is scored once, as the region (segflow.metrics)."""
+    import pandas as pd
+
     regions = (score_cfg or {}).get("regions", {})
     labels = (score_cfg or {}).get("labels", {})
     rows = []
