@@ -6,7 +6,7 @@ folder, one after the other, so only training and what follows reruns between th
 row's figures are copied to <workdir>/rows/<row>/ when it finishes:
 
   python benchmarks/ablation.py run --data /work/bench/kits48/data --workdir /work/bench/ablation \\
-      --cases 24 r0_seed r1_instance_norm ...
+      --cases 24 r0_seed s1_stable ...
   python benchmarks/ablation.py table --workdir /work/bench/ablation
 
 Layering (later files win, key by key): config/config.yaml (the Snakefile loads it), then
@@ -111,6 +111,31 @@ def _jump(row_dir: Path) -> float:
     return sum(steps) / max(len(steps), 1)
 
 
+def plot_curves(workdir: Path, rows: list[str], output: Path) -> None:
+    """Validation Dice per epoch of every round, one panel per row: the before/after of docs/quality.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(4.2 * len(rows), 3.2), sharey=True, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        for curve in sorted((workdir / "rows" / row / "curves").glob("*.csv")):
+            metrics = pd.read_csv(curve)
+            epochs = metrics["epoch"] + 1
+            ax.plot(epochs, metrics["val_dice"], marker="o", label=f"{curve.stem}: foreground")
+            if "val_dice_tumor" in metrics:
+                ax.plot(epochs, metrics["val_dice_tumor"], linestyle="--", label=f"{curve.stem}: tumour")
+        ax.set(title=row, xlabel="epoch", ylim=(0, 1))
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("validation Dice")
+    fig.tight_layout()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,10 +147,16 @@ def main(argv=None) -> None:
     run.add_argument("rows", nargs="+")
     show = sub.add_parser("table")
     show.add_argument("--workdir", required=True)
+    curves = sub.add_parser("curves", help="plot the validation curves of some rows side by side")
+    curves.add_argument("--workdir", required=True)
+    curves.add_argument("--output", required=True)
+    curves.add_argument("rows", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "run":
         for row in args.rows:
             run_row(row, args)
+    elif args.command == "curves":
+        plot_curves(Path(args.workdir), args.rows, Path(args.output))
     else:
         print(table(Path(args.workdir)))
 
