@@ -175,3 +175,17 @@ def get_benchmarks(wildcards):
 
 def get_final_outputs():
     return [result("report", "report.html")]
+
+
+# --- training ----------------------------------------------------------------------------------------------------
+
+# Keys only select_model reads (as SELECTION_ONLY_KEYS in segflow/train.py): adding a round or changing how rounds
+# are compared must not retrain the rounds that exist.
+SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
+TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS}
+
+
+def get_init_checkpoint(wildcards):
+    """train.init_checkpoint is an input of round 0, so replacing that file retrains."""
+    path = config["train"]["init_checkpoint"]
+    return [path] if path and int(wildcards.round) == 0 else []

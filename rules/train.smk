@@ -1,14 +1,3 @@
-# Keys only select_model reads (as SELECTION_ONLY_KEYS in segflow/train.py): adding a round or changing how rounds
-# are compared must not retrain the rounds that exist.
-TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in ("rounds", "select_by", "ensemble", "postprocess")}
-
-
-def get_init_checkpoint(wildcards):
-    """train.init_checkpoint is an input of round 0, so replacing that file retrains."""
-    path = config["train"]["init_checkpoint"]
-    return [path] if path and int(wildcards.round) == 0 else []
-
-
 rule train_round:
     output:
         model_best=result("train", "round_{round}", "model_best.pt"),
