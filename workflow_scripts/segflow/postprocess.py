@@ -93,6 +93,20 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 # --- steps -------------------------------------------------------------------------------------------------------
 
 
+def _foreground_components(labels: np.ndarray):
+    """(a copy of labels, the foreground's box, component ids inside it, their count); count 0 when empty.
+
+    Both steps label the foreground (kidney_and_masses) once, inside its bounding box, and edit the copy there.
+    """
+    out = labels.copy()
+    foreground = labels > 0
+    box = _foreground_box(foreground)
+    if box is None:
+        return out, None, None, 0
+    ids, n = _components(foreground[box])
+    return out, box, ids, n
+
+
 def keep_largest_foreground(
     labels: np.ndarray,
     n_components: int = DEFAULT_N_COMPONENTS,
@@ -110,12 +124,7 @@ def keep_largest_foreground(
     labels = _check_labels(labels)
     if n_components < 1 or min_fraction < 0:
         raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
-    out = labels.copy()
-    foreground = labels > 0
-    box = _foreground_box(foreground)
-    if box is None:
-        return out
-    ids, n = _components(foreground[box])
+    out, box, ids, n = _foreground_components(labels)
     if n <= 1:
         return out
     sizes = np.bincount(ids.ravel(), minlength=n + 1)
@@ -137,13 +146,9 @@ def drop_masses_outside_kidneys(labels: np.ndarray) -> np.ndarray:
     A mass component touches kidney exactly when the foreground component around it contains a kidney voxel (see
     the module docstring), so one labelling of the foreground decides it. Kidney voxels are never changed.
     """
-    labels = _check_labels(labels)
-    out = labels.copy()
-    foreground = labels > 0
-    box = _foreground_box(foreground)
-    if box is None:
+    out, box, ids, n = _foreground_components(_check_labels(labels))
+    if n == 0:
         return out
-    ids, n = _components(foreground[box])
     region = out[box]
     # Components holding at least one kidney voxel; the others consist of masses only and go.
     with_kidney = np.zeros(n + 1, dtype=bool)
