@@ -15,7 +15,7 @@ Then, for each case, it times in a fresh subprocess per measurement (so each pea
     segflow-png  the same with PNG output
     seed-png     the seed's way: the MONAI dictionary Compose over the whole volume (LoadImaged,
                  EnsureChannelFirstd, Orientationd, CropForegroundd, ScaleIntensityRanged, gamma, Resized), then
-                 one PNG per slice with PIL (segflow.preprocess.seed_preprocess + write_png_slices)
+                 one PNG per slice with PIL (tests/seed_chain.py seed_preprocess + segflow.cases.write_png_slices)
 
 Times (wall clock and CPU: the machine may be shared) are the minimum over --repeats runs, the methods
 interleaved; peak memory is the peak resident size after the work minus that after the imports (VmHWM), in MiB,
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow_scripts"))
+sys.path[:0] = [str(REPO / "workflow_scripts"), str(REPO / "tests")]
 
 METHODS = ["read", "segflow-npy", "segflow-png", "seed-png"]
 
@@ -97,10 +97,13 @@ def measure(method: str, case: Path, size: int, threads: int) -> dict:
     import PIL.Image  # noqa: F401
     import torch
 
-    from segflow.preprocess import DEFAULTS, preprocess_case, seed_preprocess, write_png_slices
+    from helpers import config_with_defaults  # tests/: the schema's defaults and the seed's reference chain
+    from seed_chain import seed_preprocess
+    from segflow.cases import write_png_slices
+    from segflow.preprocess import preprocess_case
 
     torch.set_num_threads(threads)
-    cfg = {**DEFAULTS, "size": [size, size]}
+    cfg = {**config_with_defaults()["preprocess"], "size": [size, size]}
     image, label = case / "imaging.nii.gz", case / "segmentation.nii.gz"
     out = Path(tempfile.mkdtemp(prefix="segflow-bench-out-"))
     base = peak_rss_mib()

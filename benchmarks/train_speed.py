@@ -2,7 +2,7 @@
 
 Run by hand (not a test):  .venv/bin/python benchmarks/train_speed.py [--device auto|cpu|cuda] [--sizes 128]
 It trains on random slices with the default config's model and loss, through the same autocast / GradScaler /
-channels-last path as segflow.train, after a few warm-up steps. On CUDA each setting is measured in float32 and in
+channels-last path as segflow.train (devices from segflow.device), after a few warm-up steps. On CUDA each setting is measured in float32 and in
 mixed precision. ``train_seconds_per_epoch`` is the training part of one default epoch (``samples_per_epoch``
 slices); validation adds about a fifth on the default config.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "workflow_scripts"))
 
 from segflow.losses import build_loss  # noqa: E402
 from segflow.models import build_model  # noqa: E402
-from segflow.train import amp_dtype_for, autocast_for, pick_device  # noqa: E402
+from segflow.device import amp_dtype_for, autocast_for, pick_device  # noqa: E402
 
 
 def train_defaults() -> dict:

@@ -168,7 +168,7 @@ def get_benchmarks(wildcards):
     per_case = {"download_case": CASES, "inspect_case": CASES, "preprocess_case": selected}
     per_case.update({"predict_case": test, "score_case": test})
     files = [benchmark_path(rule, f"{case}.tsv") for rule, cases in per_case.items() for case in cases]
-    files += [benchmark_path("train_round", f"round_{r}.tsv") for r in ROUNDS]
+    files += [benchmark_path(rule, f"round_{r}.tsv") for rule in ("train_round", "plot_curves") for r in ROUNDS]
     files += [benchmark_path(rule, f"{rule}.tsv") for rule in ("select_cases", "select_model", "aggregate_scores")]
     return files
 

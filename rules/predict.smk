@@ -6,7 +6,9 @@ rule predict_case:
         summary=result("train", "best.json"),
         case=result("preprocessed", "{case}"),
         image=result("raw", "{case}", "imaging.nii.gz"),
-        library=library("io", "models", "data", "preprocess", "predict", "postprocess", "train"),
+        library=library(
+            "io", "cases", "geometry", "restore", "data", "device", "models", "checkpoints", "predict", "postprocess"
+        ),
     params:
         infer=config["infer"],
     log:

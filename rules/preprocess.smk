@@ -4,7 +4,7 @@ rule preprocess_case:
     input:
         image=result("raw", "{case}", "imaging.nii.gz"),
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),
-        library=library("io", "preprocess"),
+        library=library("io", "geometry", "nifti_reader", "cases", "preprocess"),
     params:
         preprocess=config["preprocess"],
     log:

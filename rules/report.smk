@@ -1,3 +1,28 @@
+rule plot_curves:
+    localrule: True  # one small figure from a CSV, on the submit host
+    output:
+        report(
+            result("train", "round_{round}", "curves.png"),
+            caption="../report/curves.rst",
+            category="Training",
+            subcategory="Round {round}",
+        ),
+    input:
+        metrics=result("train", "round_{round}", "metrics.csv"),
+        library=library("io", "curves"),
+    log:
+        log_path("plot_curves", "round_{round}.log"),
+    benchmark:
+        benchmark_path("plot_curves", "round_{round}.tsv")
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../workflow_scripts/plot_curves.py"
+
+
 rule render_report:
     localrule: True  # a few figures and one HTML file, on the submit host
     output:
@@ -12,7 +37,7 @@ rule render_report:
         scores=result("scores", "scores.tsv"),
         summary=result("scores", "summary.json"),
         benchmarks=get_benchmarks,
-        library=library("io", "report", "report_figures", "score"),
+        library=library("io", "metrics", "score", "report", "report_figures"),
     params:
         config=config,
         workflow_dir=workflow.basedir,

@@ -30,7 +30,7 @@ rule aggregate_scores:
         ),
     input:
         scores=get_test_scores,
-        library=library("io", "score"),
+        library=library("io", "metrics", "score"),
     params:
         score=config["score"],
     log:

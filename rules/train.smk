@@ -4,18 +4,14 @@ rule train_round:
         model_last=result("train", "round_{round}", "model_last.pt"),
         metrics=result("train", "round_{round}", "metrics.csv"),
         split=result("train", "round_{round}", "split.json"),
-        curves=report(
-            result("train", "round_{round}", "curves.png"),
-            caption="../report/curves.rst",
-            category="Training",
-            subcategory="Round {round}",
-        ),
     input:
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         init=get_previous_round_model,
         warm_start=get_init_checkpoint,
-        library=library("io", "seeding", "data", "preprocess", "models", "losses", "train"),
+        library=library(
+            "io", "seeding", "selection", "cases", "data", "device", "models", "losses", "checkpoints", "train"
+        ),
     params:
         train=TRAIN_ROUND_PARAMS,
         seed=config["seed"],
@@ -44,7 +40,21 @@ rule select_model:
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         library=library(
-            "io", "seeding", "data", "preprocess", "models", "losses", "train", "predict", "postprocess"
+            "io",
+            "seeding",
+            "selection",
+            "cases",
+            "geometry",
+            "restore",
+            "data",
+            "device",
+            "models",
+            "losses",
+            "checkpoints",
+            "train",
+            "model_selection",
+            "predict",
+            "postprocess",
         ),
     params:
         train=config["train"],

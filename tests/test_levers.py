@@ -14,17 +14,15 @@ from segflow.data import (
     context_stack,
     epoch_indices,
 )
+from segflow.cases import load_case
+from segflow.checkpoints import load_models, save_checkpoint, save_ensemble
 from segflow.models import build_model
-from segflow.predict import (
-    TTA_FLIPS,
-    load_models,
-    predict_probabilities,
-    probability_labels,
-    save_ensemble,
-)
-from segflow.preprocess import DEFAULTS, load_case, preprocess_case, restore_labels, restore_probabilities
-from segflow.train import build_scheduler, save_checkpoint, validation_subset
+from segflow.predict import TTA_FLIPS, predict_probabilities, probability_labels
+from segflow.preprocess import preprocess_case
+from segflow.restore import restore_labels, restore_probabilities
+from segflow.train import build_scheduler, validation_subset
 
+DEFAULTS = config_with_defaults()["preprocess"]
 TRAIN = config_with_defaults(
     {"train": {"channels": [4, 8], "num_res_units": 0, "device": "cpu", "norm": "instance", "context_slices": 3}}
 )["train"]

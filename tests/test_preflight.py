@@ -6,7 +6,8 @@ import torch
 import segflow.train
 from segflow.models import CheckpointError, build_model, load_weights
 from segflow.preflight import ConfigError, check_init_checkpoint
-from segflow.train import DeviceError, pick_device, save_checkpoint
+from segflow.checkpoints import save_checkpoint
+from segflow.device import DeviceError, pick_device
 from test_train import TRAIN
 
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from segflow.io import atomic_path, write_json, write_table
 from segflow.logs import run_logged
-from segflow.predict import decide_postprocessing, save_ensemble
+from segflow.checkpoints import save_ensemble
+from segflow.model_selection import evaluate_on_holdout, select_best_round
+from segflow.predict import decide_postprocessing
 from segflow.selection import read_selection
-from segflow.train import evaluate_on_holdout, holdout_patients, select_best_round
+from segflow.train import holdout_patients
 
 
 def main(smk):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segflow.preprocess import load_case
+from segflow.cases import load_case
 
 
 def context_indices(z: int, n_slices: int, context: int) -> np.ndarray:

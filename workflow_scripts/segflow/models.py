@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet")
-# What a checkpoint records to rebuild its network (segflow.train.save_checkpoint writes these from the config).
+# What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
 MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone", "norm", "context_slices")
 NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 

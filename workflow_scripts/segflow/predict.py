@@ -14,42 +14,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segflow.cases import load_case
+from segflow.checkpoints import load_models
 from segflow.data import context_stack
+from segflow.device import pick_device
 from segflow.io import read_json, save_nifti
-from segflow.models import build_model, class_labels
-from segflow.preprocess import load_case, restore_labels, restore_probabilities
+from segflow.models import class_labels
+from segflow.restore import restore_labels, restore_probabilities
 
 log = logging.getLogger(__name__)
 
 # Mirror images along rows, columns and both (dims of an (N, C, H, W) batch); the identity comes first.
 TTA_FLIPS = ((), (2,), (3,), (2, 3))
-
-
-def load_model(checkpoint_path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """One network from a round checkpoint (the first member of an ensemble checkpoint), in eval mode."""
-    models, checkpoint = load_models(checkpoint_path, device)
-    return models[0], checkpoint
-
-
-def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Module], dict]:
-    """Every network of a checkpoint: one for a round's checkpoint, several for select_model's ensemble.
-
-    Returns the networks in eval mode and the (first member's) checkpoint dictionary with ``context_slices``.
-    """
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
-    members = checkpoint.get("members", [checkpoint])
-    models = []
-    for member in members:
-        model = build_model(member["model_cfg"], member["n_classes"])
-        model.load_state_dict(member["model"])
-        models.append(model.to(device).eval())
-    contexts = {int(m["model_cfg"].get("context_slices", 1)) for m in members}
-    if len(contexts) != 1:
-        raise ValueError(f"{checkpoint_path}: ensemble members take different numbers of input slices {contexts}")
-    first = dict(members[0])
-    first["context_slices"] = contexts.pop()
-    first["members"] = len(members)
-    return models, first
 
 
 @torch.no_grad()
@@ -110,7 +86,6 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     import nibabel as nib
 
     from segflow.postprocess import apply as apply_postprocessing
-    from segflow.train import pick_device  # here, not at the top: segflow.train brings pandas and the training code
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
@@ -129,15 +104,6 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     )
 
 
-def save_ensemble(path, checkpoint_paths: list) -> None:
-    """One checkpoint file holding several rounds' networks; :func:`load_models` averages their softmax."""
-    from segflow.io import atomic_path
-
-    members = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoint_paths]
-    with atomic_path(path) as tmp:
-        torch.save({"members": members, "sources": [str(p) for p in checkpoint_paths]}, tmp)
-
-
 def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict,
                           threads: int = 1) -> dict:
     """Which post-processing steps help on the fixed holdout (nnU-Net decides on cross-validation the same way).
@@ -146,8 +112,6 @@ def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list,
     ensemble and mirroring as the test cases. Returns ``{"steps": [...], "table": [...]}``.
     """
     from segflow.postprocess import decide
-
-    from segflow.train import pick_device
 
     if not candidates:
         return {"steps": [], "table": []}

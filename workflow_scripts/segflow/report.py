@@ -44,7 +44,7 @@ KITS_METRICS = ("dice", "sd", "hd95")  # what KiTS23 ranks on (Dice, surface Dic
 RULE_GRAPH = [
     ("download_case", "inspect_case"), ("download_case", "preprocess_case"), ("inspect_case", "select_cases"),
     ("select_cases", "train_round"), ("preprocess_case", "train_round"), ("train_round", "train_round"),
-    ("train_round", "select_model"), ("select_cases", "select_model"), ("preprocess_case", "select_model"),
+    ("train_round", "select_model"), ("train_round", "plot_curves"), ("plot_curves", "render_report"), ("select_cases", "select_model"), ("preprocess_case", "select_model"),
     ("select_model", "predict_case"), ("preprocess_case", "predict_case"), ("download_case", "predict_case"),
     ("predict_case", "score_case"), ("download_case", "score_case"), ("score_case", "aggregate_scores"),
     ("aggregate_scores", "render_report"), ("select_model", "render_report"), ("train_round", "render_report"),

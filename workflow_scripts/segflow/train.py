@@ -2,7 +2,8 @@
 
 One call of :func:`train_round` trains one round and writes its artefacts (``model_best.pt`` with the lowest
 validation loss, ``model_last.pt`` with the full training state, ``metrics.csv`` with one row per epoch,
-``split.json``, ``curves.png``). :func:`select_best_round` then keeps the best round.
+``split.json``); the plot_curves rule draws ``curves.png`` from the metrics (segflow.curves), and select_model
+keeps the best round (segflow.model_selection). Devices: segflow.device; checkpoints: segflow.checkpoints.
 
 Resuming: after every epoch the whole training state (model, optimiser, scheduler, loss scaler, random generator
 states, early-stopping counters, the best weights and the metrics so far) is written atomically to
@@ -18,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -31,10 +31,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from segflow.checkpoints import model_cfg, save_checkpoint
 from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices
+from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
-from segflow.models import MODEL_KEYS, build_model, class_labels, load_weights
+from segflow.models import build_model, class_labels, load_weights
 from segflow.seeding import derive_seed, rng_for, seed_everything
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ class RoundOutputs:
     model_last: Path
     metrics: Path
     split: Path
-    curves: Path
 
     @property
     def resume_state(self) -> Path:
@@ -114,64 +115,6 @@ def round_split(
 
 
 # --- devices and checkpoints ------------------------------------------------------------------------------------------
-
-
-class DeviceError(ValueError):
-    """A configured device this machine does not have; the one-line message names the key and the machine."""
-
-
-def pick_device(name: str, key: str = "train.device") -> torch.device:
-    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES).
-
-    A device this machine lacks fails here, at the job's start, with one line naming ``key`` (the job's machine is
-    the first place where this can be known: under SLURM the submitting host may have no GPU at all)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"{key} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        import platform
-
-        host = platform.node() or "this machine"
-        if not torch.backends.cuda.is_built():
-            raise DeviceError(
-                f"{key} is {name!r}, but the torch on {host} ({torch.__version__}) was built without CUDA; set {key} "
-                "to auto or cpu, or install a CUDA build of torch"
-            )
-        count = torch.cuda.device_count()
-        if count == 0 or (device.index or 0) >= count:
-            raise DeviceError(
-                f"{key} is {name!r}, but {host} has {count} visible CUDA GPU(s) (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); set {key} to auto or cpu, or run where a GPU is"
-            )
-    return device
-
-
-def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
-    """The autocast dtype: None (full precision) on CPU or with ``amp`` off; on CUDA ``amp_dtype``, except that a
-    GPU without bfloat16 (before Ampere) falls back to float16, which then needs loss scaling."""
-    if device.type != "cuda" or not cfg.get("amp", True):
-        return None
-    if cfg.get("amp_dtype", "bfloat16") == "bfloat16" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def save_checkpoint(path, weights: dict, cfg: dict, n_classes: int, **extra) -> None:
-    """A checkpoint segflow.predict can load: weights plus what is needed to rebuild the network."""
-    state = {"model": weights, "model_cfg": _model_cfg(cfg), "n_classes": n_classes, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _model_cfg(cfg: dict) -> dict:
-    return {k: cfg[k] for k in MODEL_KEYS if k in cfg}
 
 
 # --- one round ----------------------------------------------------------------------------------------------------------
@@ -540,7 +483,7 @@ def _training_state(setup: RoundSetup, state: RoundState, fingerprint: dict | No
     epoch number is their state; the global generators are saved for anything else that draws from them.
     """
     return {
-        "model": setup.model.state_dict(), "model_cfg": _model_cfg(setup.cfg), "n_classes": setup.n_classes,
+        "model": setup.model.state_dict(), "model_cfg": model_cfg(setup.cfg), "n_classes": setup.n_classes,
         "optimiser": setup.optimiser.state_dict(), "scheduler": setup.scheduler.state_dict(),
         "scaler": setup.scaler.state_dict(), "rng": _rng_states(), "round": setup.round_index,
         "epoch": state.next_epoch - 1, "rows": state.rows, "best_loss": state.best_loss,
@@ -614,7 +557,6 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
         torch.save(final, tmp)
     metrics = pd.DataFrame(state.rows)
     write_table(outputs.metrics, metrics, sep=",")
-    plot_curves(outputs.curves, metrics)
     shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
     log.info("round %d: kept epoch %d (val loss %.4f)", setup.round_index, state.best_epoch + 1, state.best_loss)
     return metrics
@@ -670,90 +612,3 @@ class _ProgressBar:
     def close(self) -> None:
         if self.active:
             sys.stderr.write("\n")
-
-
-# --- curves and model selection ---------------------------------------------------------------------------------------
-
-
-def plot_curves(path, metrics: pd.DataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax_loss.plot(metrics["epoch"], metrics["train_loss"], label="train")
-    ax_loss.plot(metrics["epoch"], metrics["val_loss"], label="val")
-    best = metrics["val_loss"].idxmin()
-    ax_loss.scatter([metrics.loc[best, "epoch"]], [metrics.loc[best, "val_loss"]], color="red", zorder=3, label="best")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_loss.legend()
-    if "train_dice" in metrics:
-        ax_dice.plot(metrics["epoch"], metrics["train_dice"], label="train", linestyle="--", color="grey")
-    ax_dice.plot(metrics["epoch"], metrics["val_dice"], label="val foreground")
-    for column in [c for c in metrics.columns if c.startswith("val_dice_")]:
-        ax_dice.plot(metrics["epoch"], metrics[column], label=column.removeprefix("val_dice_"), alpha=0.7)
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Dice", ylim=(0, 1))
-    ax_dice.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-
-
-def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1) -> list[Scores | None]:
-    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
-    if not case_dirs:
-        return [None] * len(checkpoints)
-    from segflow.predict import load_model
-
-    torch.set_num_threads(max(1, threads))
-    device = pick_device(cfg["device"])
-    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
-    results = []
-    for checkpoint in checkpoints:
-        model, meta = load_model(checkpoint, device)
-        if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
-        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
-    return results
-
-
-def select_best_round(
-    metrics_paths: list[Path], checkpoint_paths: list[Path], holdout: list[Scores | None] | None = None,
-    select_by: str = "val_loss", ensemble: int = 1,
-) -> dict:
-    """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
-
-    Validation sets differ between rounds, so the holdout figures are the like-for-like comparison; ``select_by``
-    chooses between the lowest validation loss (default, as in the seeds) and the highest holdout Dice.
-    """
-    holdout = holdout or [None] * len(metrics_paths)
-    rows = []
-    for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
-        metrics = pd.read_csv(metrics_path)
-        best = metrics.loc[metrics["val_loss"].idxmin()]
-        rows.append(
-            {
-                "round": int(best["round"]), "best_epoch": int(best["epoch"]), "val_loss": float(best["val_loss"]),
-                "val_dice": float(best["val_dice"]), "fixed_val_loss": fixed.loss if fixed else math.nan,
-                "fixed_val_dice": fixed.dice if fixed else math.nan, "epochs_run": len(metrics),
-                "checkpoint": str(checkpoint),
-            }
-        )
-    table = pd.DataFrame(rows)
-    if select_by == "fixed_dice" and table["fixed_val_dice"].notna().all():
-        ranked = table.sort_values("fixed_val_dice", ascending=False, kind="stable")
-    else:
-        if select_by == "fixed_dice":
-            log.warning("train.select_by fixed_dice needs a holdout (train.holdout_fraction > 0); using val_loss")
-        ranked = table.sort_values("val_loss", kind="stable")
-    chosen = ranked.iloc[0]
-    members = ranked.iloc[: max(1, ensemble)]
-    return {
-        "round": int(chosen["round"]), "val_loss": float(chosen["val_loss"]), "select_by": select_by,
-        "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
-        "table": table, "checkpoint": chosen["checkpoint"],
-        "ensemble_rounds": [int(r) for r in members["round"]], "ensemble": list(members["checkpoint"]),
-    }

@@ -1,0 +1,75 @@
+"""Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, and the round
+(or the best rounds, for an ensemble) to keep."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from segflow.checkpoints import load_model
+from segflow.data import SliceDataset
+from segflow.device import amp_dtype_for, pick_device
+from segflow.losses import build_loss
+from segflow.train import Scores, evaluate
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1) -> list[Scores | None]:
+    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
+    if not case_dirs:
+        return [None] * len(checkpoints)
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(cfg["device"])
+    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
+    results = []
+    for checkpoint in checkpoints:
+        model, meta = load_model(checkpoint, device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
+        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
+    return results
+
+
+def select_best_round(
+    metrics_paths: list[Path], checkpoint_paths: list[Path], holdout: list[Scores | None] | None = None,
+    select_by: str = "val_loss", ensemble: int = 1,
+) -> dict:
+    """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
+
+    Validation sets differ between rounds, so the holdout figures are the like-for-like comparison; ``select_by``
+    chooses between the lowest validation loss (default, as in the seeds) and the highest holdout Dice.
+    """
+    holdout = holdout or [None] * len(metrics_paths)
+    rows = []
+    for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
+        metrics = pd.read_csv(metrics_path)
+        best = metrics.loc[metrics["val_loss"].idxmin()]
+        rows.append(
+            {
+                "round": int(best["round"]), "best_epoch": int(best["epoch"]), "val_loss": float(best["val_loss"]),
+                "val_dice": float(best["val_dice"]), "fixed_val_loss": fixed.loss if fixed else math.nan,
+                "fixed_val_dice": fixed.dice if fixed else math.nan, "epochs_run": len(metrics),
+                "checkpoint": str(checkpoint),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if select_by == "fixed_dice" and table["fixed_val_dice"].notna().all():
+        ranked = table.sort_values("fixed_val_dice", ascending=False, kind="stable")
+    else:
+        if select_by == "fixed_dice":
+            log.warning("train.select_by fixed_dice needs a holdout (train.holdout_fraction > 0); using val_loss")
+        ranked = table.sort_values("val_loss", kind="stable")
+    chosen = ranked.iloc[0]
+    members = ranked.iloc[: max(1, ensemble)]
+    return {
+        "round": int(chosen["round"]), "val_loss": float(chosen["val_loss"]), "select_by": select_by,
+        "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
+        "table": table, "checkpoint": chosen["checkpoint"],
+        "ensemble_rounds": [int(r) for r in members["round"]], "ensemble": list(members["checkpoint"]),
+    }
