@@ -145,7 +145,7 @@ def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 
                 num_classes=n_classes, num_samples=1, allow_smaller=True, warn=False,
             )
         )
-    if not cfg.get("enabled", True):
+    if not cfg["enabled"]:
         return Compose(steps) if steps else None
     return Compose(
         steps

@@ -44,9 +44,9 @@ def pick_device(name: str, key: str = "train.device") -> torch.device:
 def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
     """The autocast dtype: None (full precision) on CPU or with ``amp`` off; on CUDA ``amp_dtype``, except that a
     GPU without bfloat16 (before Ampere) falls back to float16, which then needs loss scaling."""
-    if device.type != "cuda" or not cfg.get("amp", True):
+    if device.type != "cuda" or not cfg["amp"]:
         return None
-    if cfg.get("amp_dtype", "bfloat16") == "bfloat16" and torch.cuda.is_bf16_supported():
+    if cfg["amp_dtype"] == "bfloat16" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float16
 

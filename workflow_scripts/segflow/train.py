@@ -42,8 +42,6 @@ from segflow.seeding import derive_seed, rng_for, seed_everything
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "kidney", 2: "tumor", 3: "cyst"}
-# train keys that only matter to select_model: changing them must neither rerun nor invalidate a round's training.
-SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
 
 
 @dataclass
@@ -257,7 +255,7 @@ def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
             round_index, init_checkpoint, previous.get("round"), previous.get("epoch"), previous.get("val_loss", math.nan),
         )
-    elif cfg.get("init_checkpoint"):
+    elif cfg["init_checkpoint"]:
         load_weights(model, cfg["init_checkpoint"], key="train.init_checkpoint")
         log.info("round %d starts from train.init_checkpoint %s", round_index, cfg["init_checkpoint"])
     else:
@@ -274,7 +272,7 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     started = time.perf_counter()
     indices = epoch_indices(
         setup.train_set.foreground_mask(),
-        cfg.get("samples_per_epoch") or len(setup.train_set),
+        cfg["samples_per_epoch"] or len(setup.train_set),
         cfg["foreground_fraction"],
         rng_for(epoch_seed, "sampler"),
         weights=setup.sample_weights,
@@ -422,12 +420,12 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
 
 
 def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_checkpoint) -> dict:
-    """What a saved state must match to be resumed: the training config, seed and round, the starting weights, and
+    """What a saved state must match to be resumed: the training config (train_round's params, which leave out the
+    keys only select_model reads), seed and round, the starting weights, and
     the data training reads (one identity per preprocessed case, see :func:`case_identity`).
 
     A dict of parts, so that a mismatch can say what changed."""
-    cfg = {k: v for k, v in cfg.items() if k not in SELECTION_ONLY_KEYS}
-    warm_start = cfg.get("init_checkpoint") if init_checkpoint is None else None  # as _initialise chooses
+    warm_start = cfg["init_checkpoint"] if init_checkpoint is None else None  # as _initialise chooses
     return {
         "config": _digest(json.dumps([cfg, seed, round_index], sort_keys=True, default=str).encode()),
         "init": {str(p): _file_digest(p) for p in (init_checkpoint, warm_start) if p},
