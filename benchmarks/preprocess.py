@@ -96,9 +96,9 @@ def measure(method: str, case: Path, size: int, threads: int) -> dict:
     import numpy as np
     import PIL.Image  # noqa: F401
     import torch
-
     from helpers import config_with_defaults  # tests/: the schema's defaults and the seed's reference chain
     from seed_chain import seed_preprocess
+
     from segflow.cases import write_png_slices
     from segflow.preprocess import preprocess_case
 
@@ -129,8 +129,13 @@ def machine() -> dict:
     import monai
     import torch
 
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "torch": torch.__version__,
-            "monai": monai.__version__}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+    }
 
 
 def main() -> None:
@@ -163,17 +168,32 @@ def main() -> None:
                 runs[method].append(_run_worker(method, case, args))
                 print(method, json.dumps(runs[method][-1]), file=sys.stderr)
         for method, results in runs.items():
-            rows.append({"case": case.name, "slices": int(n_slices), "method": method,
-                         **{key: min(r[key] for r in results) for key in ("seconds", "cpu_seconds")},
-                         "peak_mib": max(r["peak_mib"] for r in results)})
+            rows.append(
+                {
+                    "case": case.name,
+                    "slices": int(n_slices),
+                    "method": method,
+                    **{key: min(r[key] for r in results) for key in ("seconds", "cpu_seconds")},
+                    "peak_mib": max(r["peak_mib"] for r in results),
+                }
+            )
     print(_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "command": sys.argv, "rows": rows}, indent=2))
 
 
 def _run_worker(method: str, case: Path, args) -> dict:
-    command = [sys.executable, __file__, "--measure", method, str(case), "--size", str(args.size),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        method,
+        str(case),
+        "--size",
+        str(args.size),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

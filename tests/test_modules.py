@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from module_graph import all_modules, closure, find_cycle, graph, imports_of
 
 REPO = Path(__file__).resolve().parents[1]

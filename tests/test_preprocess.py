@@ -6,9 +6,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from helpers import config_with_defaults, write_case
 from seed_chain import seed_preprocess
+
 from segflow.cases import load_case
 from segflow.geometry import RAS_LABELS, from_slices, plan_grid, to_slices
 from segflow.io import read_json

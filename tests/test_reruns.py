@@ -2,7 +2,6 @@
 
 import pytest
 import yaml
-
 from workflow import clone_run, jobs_run, planned_jobs, snakemake
 
 DATA_STAGES = {"download_case", "inspect_case", "select_cases", "preprocess_case"}

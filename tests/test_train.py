@@ -17,9 +17,19 @@ PRE = config_with_defaults({"preprocess": {"crop_margin": 1, "size": [32, 32]}})
 TRAIN = config_with_defaults(
     {
         "train": {
-            "model": "unet", "channels": [4, 8], "num_res_units": 0, "epochs": 2, "batch_size": 4, "lr": 0.01,
-            "weight_decay": 0.0, "patience": 5, "val_fraction": 0.5, "samples_per_epoch": 8,
-            "foreground_fraction": 0.5, "device": "cpu", "holdout_fraction": 0.0,
+            "model": "unet",
+            "channels": [4, 8],
+            "num_res_units": 0,
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "patience": 5,
+            "val_fraction": 0.5,
+            "samples_per_epoch": 8,
+            "foreground_fraction": 0.5,
+            "device": "cpu",
+            "holdout_fraction": 0.0,
         }
     }
 )["train"]

@@ -41,7 +41,10 @@ def build_loss(cfg: dict) -> torch.nn.Module:
         return losses.DiceCELoss(**common, lambda_dice=dice_weight, lambda_ce=other_weight)
     if name == "dice_focal":
         return losses.DiceFocalLoss(
-            **common, lambda_dice=dice_weight, lambda_focal=other_weight,
-            gamma=float(cfg["focal_gamma"]), alpha=cfg["focal_alpha"],
+            **common,
+            lambda_dice=dice_weight,
+            lambda_focal=other_weight,
+            gamma=float(cfg["focal_gamma"]),
+            alpha=cfg["focal_alpha"],
         )
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -19,7 +19,9 @@ from segflow.train import Scores, evaluate
 log = logging.getLogger(__name__)
 
 
-def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1) -> list[Scores | None]:
+def evaluate_on_holdout(
+    checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1
+) -> list[Scores | None]:
     """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
     if not case_dirs:
         return [None] * len(checkpoints)
@@ -37,8 +39,11 @@ def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dic
 
 
 def select_best_round(
-    metrics_paths: list[Path], checkpoint_paths: list[Path], holdout: list[Scores | None] | None = None,
-    select_by: str = "val_loss", ensemble: int = 1,
+    metrics_paths: list[Path],
+    checkpoint_paths: list[Path],
+    holdout: list[Scores | None] | None = None,
+    select_by: str = "val_loss",
+    ensemble: int = 1,
 ) -> dict:
     """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
 
@@ -52,9 +57,13 @@ def select_best_round(
         best = metrics.loc[metrics["val_loss"].idxmin()]
         rows.append(
             {
-                "round": int(best["round"]), "best_epoch": int(best["epoch"]), "val_loss": float(best["val_loss"]),
-                "val_dice": float(best["val_dice"]), "fixed_val_loss": fixed.loss if fixed else math.nan,
-                "fixed_val_dice": fixed.dice if fixed else math.nan, "epochs_run": len(metrics),
+                "round": int(best["round"]),
+                "best_epoch": int(best["epoch"]),
+                "val_loss": float(best["val_loss"]),
+                "val_dice": float(best["val_dice"]),
+                "fixed_val_loss": fixed.loss if fixed else math.nan,
+                "fixed_val_dice": fixed.dice if fixed else math.nan,
+                "epochs_run": len(metrics),
                 "checkpoint": str(checkpoint),
             }
         )
@@ -68,8 +77,12 @@ def select_best_round(
     chosen = ranked.iloc[0]
     members = ranked.iloc[: max(1, ensemble)]
     return {
-        "round": int(chosen["round"]), "val_loss": float(chosen["val_loss"]), "select_by": select_by,
+        "round": int(chosen["round"]),
+        "val_loss": float(chosen["val_loss"]),
+        "select_by": select_by,
         "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
-        "table": table, "checkpoint": chosen["checkpoint"],
-        "ensemble_rounds": [int(r) for r in members["round"]], "ensemble": list(members["checkpoint"]),
+        "table": table,
+        "checkpoint": chosen["checkpoint"],
+        "ensemble_rounds": [int(r) for r in members["round"]],
+        "ensemble": list(members["checkpoint"]),
     }

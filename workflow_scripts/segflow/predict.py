@@ -30,7 +30,11 @@ TTA_FLIPS = ((), (2,), (3,), (2, 3))
 
 @torch.no_grad()
 def predict_probabilities(
-    models: list[torch.nn.Module], image_zhw: np.ndarray, context: int, batch_size: int, device: torch.device,
+    models: list[torch.nn.Module],
+    image_zhw: np.ndarray,
+    context: int,
+    batch_size: int,
+    device: torch.device,
     tta: bool = False,
 ) -> np.ndarray:
     """Mean softmax (Z, C, H, W) float16 over the models and, with ``tta``, the four in-plane mirrorings."""
@@ -53,8 +57,9 @@ def predict_probabilities(
     return out
 
 
-def predict_slices(model: torch.nn.Module, image_zhw: np.ndarray, batch_size: int, device: torch.device,
-                   context: int = 1) -> np.ndarray:
+def predict_slices(
+    model: torch.nn.Module, image_zhw: np.ndarray, batch_size: int, device: torch.device, context: int = 1
+) -> np.ndarray:
     """Argmax labels (Z, H, W) uint8 of one network over a preprocessed image stack, in batches of slices."""
     out = np.empty(image_zhw.shape, dtype=np.uint8)
     with torch.no_grad():
@@ -98,14 +103,19 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
         labels = apply_postprocessing(labels, list(postprocess))
     save_nifti(output_path, labels, raw.affine)
     log.info(
-        "%s: %d model(s), tta %s, restore %s, post-processing %s; labels %s", Path(output_path).name,
-        len(models), infer["tta"], infer["restore"], list(postprocess) or "none",
+        "%s: %d model(s), tta %s, restore %s, post-processing %s; labels %s",
+        Path(output_path).name,
+        len(models),
+        infer["tta"],
+        infer["restore"],
+        list(postprocess) or "none",
         dict(zip(*map(list, np.unique(labels, return_counts=True)))),
     )
 
 
-def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict,
-                          threads: int = 1) -> dict:
+def decide_postprocessing(
+    checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
+) -> dict:
     """Which post-processing steps help on the fixed holdout (nnU-Net decides on cross-validation the same way).
 
     The holdout cases are predicted on the preprocessed grid, where their reference labels are, with the same

@@ -328,5 +328,3 @@ def _crop_box(hu_zhw: np.ndarray, scaling, cfg: dict) -> tuple[slice, slice, sli
     rows, cols = foreground_box(to_hu(reduce.reduce(hu_zhw, axis=0), scaling) > threshold, margin)
     (slices,) = foreground_box(to_hu(reduce.reduce(hu_zhw[:, rows, cols], axis=(1, 2)), scaling) > threshold, margin)
     return slices, rows, cols
-
-

@@ -115,7 +115,7 @@ def round_split(
 # --- devices and checkpoints ------------------------------------------------------------------------------------------
 
 
-# --- one round ----------------------------------------------------------------------------------------------------------
+# --- one round --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -221,8 +221,21 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
         hard = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
         weights = hard if weights is None else weights * hard
     return RoundSetup(
-        cfg, round_index, round_seed, device, dtype, model, optimiser, scheduler, scaler, loss_fn, train_set, val_set,
-        train_set.transform, weights, n_classes,
+        cfg,
+        round_index,
+        round_seed,
+        device,
+        dtype,
+        model,
+        optimiser,
+        scheduler,
+        scaler,
+        loss_fn,
+        train_set,
+        val_set,
+        train_set.transform,
+        weights,
+        n_classes,
     )
 
 
@@ -253,7 +266,11 @@ def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
         previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model_best.pt")
         log.info(
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
-            round_index, init_checkpoint, previous.get("round"), previous.get("epoch"), previous.get("val_loss", math.nan),
+            round_index,
+            init_checkpoint,
+            previous.get("round"),
+            previous.get("epoch"),
+            previous.get("val_loss", math.nan),
         )
     elif cfg["init_checkpoint"]:
         load_weights(model, cfg["init_checkpoint"], key="train.init_checkpoint")
@@ -278,23 +295,39 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
         weights=setup.sample_weights,
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
-    val = evaluate(setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype)
+    val = evaluate(
+        setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype
+    )
     lr = setup.optimiser.param_groups[0]["lr"]  # the rate this epoch trained with
     if isinstance(setup.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         setup.scheduler.step(val.loss)
     else:
         setup.scheduler.step()
     row = {
-        "round": setup.round_index, "epoch": epoch, "train_loss": train_loss, "train_dice": train_dice,
-        "val_loss": val.loss, "val_dice": val.dice, "val_iou": val.iou, "val_precision": val.precision,
+        "round": setup.round_index,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_dice": train_dice,
+        "val_loss": val.loss,
+        "val_dice": val.dice,
+        "val_iou": val.iou,
+        "val_precision": val.precision,
         "val_recall": val.recall,
         "val_f1": val.dice,  # F1 is Dice for binary masks; kept under its own name for readers who expect it
         **{f"val_dice_{name}": value for name, value in val.class_dice.items()},
-        "lr": lr, "seconds": round(time.perf_counter() - started, 3),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - started, 3),
     }
     log.info(
         "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.2g (%.1f s)",
-        setup.round_index, epoch + 1, cfg["epochs"], train_loss, val.loss, val.dice, row["lr"], row["seconds"],
+        setup.round_index,
+        epoch + 1,
+        cfg["epochs"],
+        train_loss,
+        val.loss,
+        val.dice,
+        row["lr"],
+        row["seconds"],
     )
     return row
 
@@ -380,8 +413,12 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
         fn += float(((pred == 0) & (ref > 0)).sum())
     class_dice = {CLASS_NAMES.get(c, str(c)): _ratio(2 * class_inter[c], class_volume[c]) for c in range(1, n_classes)}
     return Scores(
-        loss=total / max(count, 1), dice=_ratio(2 * tp, 2 * tp + fp + fn), iou=_ratio(tp, tp + fp + fn),
-        precision=_ratio(tp, tp + fp), recall=_ratio(tp, tp + fn), class_dice=class_dice,
+        loss=total / max(count, 1),
+        dice=_ratio(2 * tp, 2 * tp + fp + fn),
+        iou=_ratio(tp, tp + fp + fn),
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        class_dice=class_dice,
     )
 
 
@@ -481,11 +518,20 @@ def _training_state(setup: RoundSetup, state: RoundState, fingerprint: dict | No
     epoch number is their state; the global generators are saved for anything else that draws from them.
     """
     return {
-        "model": setup.model.state_dict(), "model_cfg": model_cfg(setup.cfg), "n_classes": setup.n_classes,
-        "optimiser": setup.optimiser.state_dict(), "scheduler": setup.scheduler.state_dict(),
-        "scaler": setup.scaler.state_dict(), "rng": _rng_states(), "round": setup.round_index,
-        "epoch": state.next_epoch - 1, "rows": state.rows, "best_loss": state.best_loss,
-        "best_epoch": state.best_epoch, "best_weights": state.best_weights, "stale": state.stale,
+        "model": setup.model.state_dict(),
+        "model_cfg": model_cfg(setup.cfg),
+        "n_classes": setup.n_classes,
+        "optimiser": setup.optimiser.state_dict(),
+        "scheduler": setup.scheduler.state_dict(),
+        "scaler": setup.scaler.state_dict(),
+        "rng": _rng_states(),
+        "round": setup.round_index,
+        "epoch": state.next_epoch - 1,
+        "rows": state.rows,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
+        "best_weights": state.best_weights,
+        "stale": state.stale,
         "fingerprint": fingerprint,
     }
 
@@ -505,7 +551,9 @@ def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
     if saved.get("fingerprint") != fingerprint:
         log.info(
             "round %d: saved state %s is from %s; starting over",
-            setup.round_index, path, _fingerprint_change(saved.get("fingerprint"), fingerprint),
+            setup.round_index,
+            path,
+            _fingerprint_change(saved.get("fingerprint"), fingerprint),
         )
         path.unlink()
         return RoundState()
@@ -516,14 +564,20 @@ def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
     _restore_rng_states(saved["rng"])
     log.info("round %d: resuming after epoch %d from %s", setup.round_index, saved["epoch"] + 1, path)
     return RoundState(
-        rows=list(saved["rows"]), best_loss=float(saved["best_loss"]), best_epoch=int(saved["best_epoch"]),
-        best_weights=saved["best_weights"], stale=int(saved["stale"]), next_epoch=int(saved["epoch"]) + 1,
+        rows=list(saved["rows"]),
+        best_loss=float(saved["best_loss"]),
+        best_epoch=int(saved["best_epoch"]),
+        best_weights=saved["best_weights"],
+        stale=int(saved["stale"]),
+        next_epoch=int(saved["epoch"]) + 1,
     )
 
 
 def _rng_states() -> dict:
     return {
-        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
@@ -546,8 +600,14 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
         raise RuntimeError("no epoch reached a finite validation loss; there is no model to keep")
     cfg, best = setup.cfg, state.rows[state.best_epoch]
     save_checkpoint(
-        outputs.model_best, state.best_weights, cfg, setup.n_classes,
-        round=setup.round_index, epoch=state.best_epoch, val_loss=best["val_loss"], val_dice=best["val_dice"],
+        outputs.model_best,
+        state.best_weights,
+        cfg,
+        setup.n_classes,
+        round=setup.round_index,
+        epoch=state.best_epoch,
+        val_loss=best["val_loss"],
+        val_dice=best["val_dice"],
     )
     final = _training_state(setup, state, fingerprint=None)
     del final["best_weights"], final["fingerprint"]
@@ -566,7 +626,9 @@ _stop_signal: int | None = None  # set by the SIGTERM handler, acted on between 
 def _check_stop() -> None:
     """Raise Terminated at a batch boundary once SIGTERM has arrived."""
     if _stop_signal is not None:
-        raise Terminated(f"received signal {_stop_signal}; the last completed epoch is saved and will be resumed on rerun")
+        raise Terminated(
+            f"received signal {_stop_signal}; the last completed epoch is saved and will be resumed on rerun"
+        )
 
 
 @contextlib.contextmanager
@@ -604,7 +666,9 @@ class _ProgressBar:
         self.done += 1
         if self.active:
             filled = int(30 * self.done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} loss {loss:.4f}")
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} loss {loss:.4f}"
+            )
             sys.stderr.flush()
 
     def close(self) -> None:
