@@ -13,6 +13,7 @@ rule predict_case:
             "device",
             "models",
             "checkpoints",
+            "inference",
             "predict",
             "postprocess",
         ),

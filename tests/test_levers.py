@@ -16,8 +16,8 @@ from segflow.data import (
     context_stack,
     epoch_indices,
 )
+from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
 from segflow.models import build_model
-from segflow.predict import TTA_FLIPS, predict_probabilities, probability_labels
 from segflow.preprocess import preprocess_case
 from segflow.restore import restore_labels, restore_probabilities
 from segflow.train import build_scheduler, validation_subset

@@ -6,10 +6,10 @@ from helpers import config_with_defaults, write_case
 
 from segflow.curves import plot_curves
 from segflow.data import SliceDataset, build_augmentation, epoch_indices
+from segflow.inference import predict_slices
 from segflow.losses import LOSSES, build_loss
 from segflow.model_selection import select_best_round
 from segflow.models import MODELS, build_model
-from segflow.predict import predict_slices
 from segflow.preprocess import preprocess_case
 from segflow.train import RoundOutputs, round_split, train_round
 

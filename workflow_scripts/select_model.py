@@ -8,8 +8,7 @@ from pathlib import Path
 from segflow.checkpoints import save_ensemble
 from segflow.io import atomic_path, write_json, write_table
 from segflow.logs import run_logged
-from segflow.model_selection import evaluate_on_holdout, select_best_round
-from segflow.predict import decide_postprocessing
+from segflow.model_selection import decide_postprocessing, evaluate_on_holdout, select_best_round
 from segflow.selection import read_selection
 from segflow.train import holdout_patients
 

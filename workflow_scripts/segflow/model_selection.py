@@ -1,5 +1,5 @@
-"""Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, and the round
-(or the best rounds, for an ensemble) to keep."""
+"""Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, the round (or
+the best rounds, for an ensemble) to keep, and the post-processing steps that help on the same holdout."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
-from segflow.checkpoints import load_model
+from segflow.cases import load_case
+from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
+from segflow.inference import predict_probabilities, probability_labels
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -86,3 +89,34 @@ def select_best_round(
         "ensemble_rounds": [int(r) for r in members["round"]],
         "ensemble": list(members["checkpoint"]),
     }
+
+
+def decide_postprocessing(
+    checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
+) -> dict:
+    """Which post-processing steps help on the fixed holdout (nnU-Net decides on cross-validation the same way).
+
+    The holdout cases are predicted on the preprocessed grid, where their reference labels are, with the same
+    ensemble and mirroring as the test cases. Returns ``{"steps": [...], "table": [...]}``.
+    """
+    from segflow.postprocess import decide
+
+    if not candidates:
+        return {"steps": [], "table": []}
+    if not holdout_dirs:
+        log.warning("train.postprocess needs a fixed holdout (train.holdout_fraction > 0); no post-processing")
+        return {"steps": [], "table": []}
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(infer["device"], "infer.device")
+    models, checkpoint = load_models(checkpoint_path, device)
+    predictions, references = [], []
+    for case_dir in holdout_dirs:
+        image, label = load_case(case_dir)
+        probabilities = predict_probabilities(
+            models, image, checkpoint["context_slices"], infer["batch_size"], device, infer["tta"]
+        )
+        predictions.append(probability_labels(probabilities))
+        references.append(np.asarray(label))
+    steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
+    log.info("post-processing on %d holdout cases: kept %s of %s", len(holdout_dirs), steps or "none", candidates)
+    return {"steps": steps, "table": table}
