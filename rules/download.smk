@@ -16,7 +16,7 @@ rule download_case:
         "../envs/data.yaml"
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=60,
+        runtime=30,
     params:
         dataset=get_case_import_params,
         seed=config["seed"],

@@ -12,8 +12,8 @@ rule inspect_case:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=20,
+        mem_mb=lambda wildcards, attempt: 6000 * attempt,
+        runtime=5,
     params:
         labels=config["selection"]["labels"],
     script:

@@ -27,8 +27,8 @@ rule predict_case:
         "../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=30,
+        mem_mb=lambda wildcards, attempt: 12000 * attempt,
+        runtime=10,
     params:
         infer=config["infer"],
     script:

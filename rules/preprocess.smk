@@ -15,8 +15,8 @@ rule preprocess_case:
     resources:
         # Measured peak ~1.0 GB for a 512x512x600 int16 case (~1.5 GB at 1059 slices, ~2.7 GB stored as float64):
         # see docs/preprocessing.md.
-        mem_mb=lambda wildcards, attempt: 6000 * attempt,
-        runtime=30,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=10,
     params:
         preprocess=config["preprocess"],
     script:

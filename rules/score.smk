@@ -12,8 +12,8 @@ rule score_case:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
-        runtime=20,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
+        runtime=5,
     params:
         score=config["score"],
     script:
@@ -44,8 +44,8 @@ rule aggregate_scores:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=15,
     params:
         score=config["score"],
     script:

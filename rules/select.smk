@@ -16,8 +16,8 @@ checkpoint select_cases:
     conda:
         "../envs/data.yaml"
     resources:
-        mem_mb=1000,
-        runtime=10,
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=15,
     params:
         selection=config["selection"],
         seed=config["seed"],

@@ -29,7 +29,7 @@ rule train_round:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,  # the one place: profiles add only site settings
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=720,
     params:
         train=TRAIN_ROUND_PARAMS,
@@ -75,7 +75,7 @@ rule select_model:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 4000 * attempt,
+        mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=30,
     params:
         train=config["train"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from workflow import REPO, copy_workflow
+from workflow import REPO, copy_workflow, rule_resources
 
 from segflow.selection import FIGURE_COLUMNS, FIRST_COLUMNS, split_patients, write_selection
 from segflow.sources import list_cases
@@ -28,7 +28,7 @@ N_CASES = 489
 # profiles/slurm, every case selected. About 1,700 without groups; 51 with the profile's group sizes.
 SUBMISSION_CEILING = 60
 KITS23 = ["--configfile", "config/tiny.yaml", "config/kits23.yaml"]
-LOCAL_RULES = {"download_case", "select_cases", "aggregate_scores", "render_report"}
+LOCAL_RULES = {"download_case", "select_cases", "plot_curves", "aggregate_scores", "render_report"}
 
 
 def plan(workdir: Path, *args: str, profile: str = "profiles/slurm") -> dict:
@@ -111,15 +111,15 @@ def test_inspections_run_in_groups_that_ask_for_one_case_at_a_time(first_plan):
     units = check_groups(first_plan["submitted"], "inspect", {"inspect_case"}, N_CASES, size)
     full = units[0]["resources"]
     # One case at a time (the job step runs a group's jobs in series): one case's memory and CPUs, summed runtime.
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())["set-resources"]["inspect_case"]
-    assert full["mem_mb"] == eval(profile["mem_mb"], {"attempt": 1}) and full["_cores"] == 1
-    assert full["runtime"] == size * profile["runtime"]
+    own = rule_resources()["inspect_case"]  # the rule's own; profiles/slurm sets no memory or runtime
+    assert full["mem_mb"] == own["mem_mb"] and full["_cores"] == 1
+    assert full["runtime"] == size * own["runtime"]
 
 
 def test_whole_kits23_plan_stays_under_the_submission_ceiling(first_plan, after_selection_plan):
     later, splits = after_selection_plan
     sizes = group_sizes(REPO / "profiles/slurm")
-    assert set(later["local"]) == {"aggregate_scores", "render_report", "all"}  # nothing before the checkpoint
+    assert set(later["local"]) == {"plot_curves", "aggregate_scores", "render_report", "all"}  # none before it
     check_groups(later["submitted"], "preprocess", {"preprocess_case"}, N_CASES, sizes["preprocess"])
     predict = check_groups(
         later["submitted"], "predict", {"predict_case", "score_case"}, splits["test"], sizes["predict"]

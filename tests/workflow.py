@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,17 @@ def jobs_run(run_output: str) -> list[tuple[str, str]]:
         elif stripped.startswith("wildcards:") and jobs:
             jobs[-1] = (jobs[-1][0], stripped.removeprefix("wildcards:").strip())
     return jobs
+
+
+def rule_resources(repo: Path = REPO) -> dict[str, dict[str, int]]:
+    """Each rule's own memory (first attempt, MB) and runtime (minutes), read from rules/*.smk: the one place they
+    are set (profiles add site settings only)."""
+    found = {}
+    for smk in sorted((repo / "rules").glob("*.smk")):
+        for block in re.split(r"(?m)^(?=(?:rule|checkpoint) )", smk.read_text()):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            memory = re.search(r"mem_mb=lambda wildcards, attempt: (\d+) \* attempt", block)
+            runtime = re.search(r"runtime=(\d+)", block)
+            if name and memory and runtime:
+                found[name.group(1)] = {"mem_mb": int(memory.group(1)), "runtime": int(runtime.group(1))}
+    return found
