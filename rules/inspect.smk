@@ -6,7 +6,8 @@ rule inspect_case:
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),
         library=library("io", "inspection"),
     params:
-        labels=config["selection"]["labels"],
+        labels=ALLOWED_LABELS,
+        modality=config["modality"],
     log:
         log_path("inspect_case", "{case}.log"),
     benchmark:

@@ -6,7 +6,10 @@ rule predict_case:
         summary=result("train", "best.json"),
         case=result("preprocessed", "{case}"),
         image=result("raw", "{case}", "imaging.nii.gz"),
-        library=library("io", "models", "data", "preprocess", "predict", "postprocess", "train"),
+        library=library(
+            "io", "models", "networks", "volumes", "data", "preprocess", "normalise", "predict", "postprocess",
+            "train",
+        ),
     params:
         infer=config["infer"],
     log:

@@ -4,9 +4,10 @@ rule preprocess_case:
     input:
         image=result("raw", "{case}", "imaging.nii.gz"),
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),
-        library=library("io", "preprocess"),
+        library=library("io", "preprocess", "normalise"),
     params:
         preprocess=config["preprocess"],
+        modality=config["modality"],
     log:
         log_path("preprocess_case", "{case}.log"),
     benchmark:

@@ -12,7 +12,7 @@ rule render_report:
         scores=result("scores", "scores.tsv"),
         summary=result("scores", "summary.json"),
         benchmarks=get_benchmarks,
-        library=library("io", "report", "report_figures", "score"),
+        library=library("io", "report", "report_figures", "score", "labelsets"),
     params:
         config=config,
         workflow_dir=workflow.basedir,

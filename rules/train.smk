@@ -15,9 +15,12 @@ rule train_round:
         selection=result("selection", "cases.tsv"),
         init=get_previous_round_model,
         warm_start=get_init_checkpoint,
-        library=library("io", "seeding", "data", "preprocess", "models", "losses", "train"),
+        library=library(
+            "io", "seeding", "data", "preprocess", "normalise", "models", "networks", "volumes", "losses", "train"
+        ),
     params:
         train=TRAIN_ROUND_PARAMS,
+        label_set=LABEL_SET,
         seed=config["seed"],
     log:
         log_path("train_round", "round_{round}.log"),
@@ -44,7 +47,8 @@ rule select_model:
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         library=library(
-            "io", "seeding", "data", "preprocess", "models", "losses", "train", "predict", "postprocess"
+            "io", "seeding", "data", "preprocess", "normalise", "models", "networks", "volumes", "losses",
+            "train", "predict", "postprocess",
         ),
     params:
         train=config["train"],

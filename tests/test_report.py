@@ -97,8 +97,9 @@ def test_training_marks_the_chosen_round(report):
 def test_scores_beside_the_seed_figures(report):
     kits = re.search(r"<table class='data kits'>.*?</table>", report, flags=re.S).group(0)
     rows = re.findall(r"<tr><td>(\w+)</td><td>[\d+]+</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", kits)
-    assert [region for region, _ in rows] == ["kidney_and_masses", "masses", "tumor"]
-    assert [re.findall(r">([^<]*)</td>", cells)[-1] for _, cells in rows] == ["97.71", "81.39", "73.81"]
+    # Every scored region, then every label not already a region (score.regions and score.labels, in order).
+    assert [region for region, _ in rows] == ["kidney_and_masses", "masses", "tumor", "kidney", "cyst"]
+    assert [re.findall(r">([^<]*)</td>", cells)[-1] for _, cells in rows[:3]] == ["97.71", "81.39", "73.81"]
     # kidney_and_masses: 1200 voxels, 1056 (shifted 2) and 912 (shifted 4) overlapping: Dice 1, 0.88, 0.76.
     assert re.findall(r">([^<]*)</td>", rows[0][1])[0] == "88.00"
     assert "(1 undefined, left out)" in kits  # HD95 of the masses where the tumour was missed

@@ -48,6 +48,8 @@ def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Mo
         raise ValueError(f"{checkpoint_path}: ensemble members take different numbers of input slices {contexts}")
     first = dict(members[0])
     first["context_slices"] = contexts.pop()
+    first["dims"] = int(first["model_cfg"].get("dims", 2))  # checkpoints from before train.dims are 2D
+    first["patch_size"] = first["model_cfg"].get("patch_size")
     first["members"] = len(members)
     return models, first
 
@@ -94,11 +96,26 @@ def probability_labels(probabilities_zchw: np.ndarray) -> np.ndarray:
     return np.argmax(probabilities_zchw, axis=1).astype(np.uint8)
 
 
-def predict_volume(models, case_dir, infer: dict, device: torch.device, context: int) -> tuple[np.ndarray, dict]:
-    """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json."""
+def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:
+    """Mean softmax (Z, C, H, W) over a preprocessed image: slice by slice (2D), or by sliding window over the
+    volume (3D checkpoints, segflow.volumes)."""
+    if checkpoint.get("dims", 2) == 3:
+        from segflow.volumes import sliding_window_probabilities
+
+        return sliding_window_probabilities(
+            models, image, checkpoint["patch_size"], infer["overlap"], infer["batch_size"], device, infer["tta"]
+        )
+    return predict_probabilities(models, image, checkpoint["context_slices"], infer["batch_size"], device, infer["tta"])
+
+
+def predict_volume(models, case_dir, infer: dict, device: torch.device, context) -> tuple[np.ndarray, dict]:
+    """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json.
+
+    ``context`` is the checkpoint dictionary of segflow.predict.load_models (or, for 2D, its context_slices)."""
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
-    probabilities = predict_probabilities(models, image, context, infer["batch_size"], device, infer["tta"])
+    checkpoint = context if isinstance(context, dict) else {"context_slices": context}
+    probabilities = case_probabilities(models, image, checkpoint, infer, device)
     meta["n_classes"] = probabilities.shape[1]
     if infer["restore"] == "probabilities":
         return restore_probabilities(probabilities, meta), meta
@@ -115,7 +132,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint["context_slices"])
+    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint)
     raw = nib.load(str(raw_image_path))
     if list(raw.shape[:3]) != list(labels.shape):
         raise RuntimeError(f"{raw_image_path}: prediction shape {list(labels.shape)} != image {list(raw.shape)}")
@@ -160,9 +177,7 @@ def decide_postprocessing(checkpoint_path, holdout_dirs: list, candidates: list,
     predictions, references = [], []
     for case_dir in holdout_dirs:
         image, label = load_case(case_dir)
-        probabilities = predict_probabilities(
-            models, image, checkpoint["context_slices"], infer["batch_size"], device, infer["tta"]
-        )
+        probabilities = case_probabilities(models, image, checkpoint, infer, device)
         predictions.append(probability_labels(probabilities))
         references.append(np.asarray(label))
     steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
