@@ -50,8 +50,16 @@ def run_row(row: str, args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     dataset = {"source": "local", "path": str(Path(args.data).resolve()), "cases": args.cases}
     (work / "run.yaml").write_text(yaml.safe_dump({"results_dir": str(work / "results"), "dataset": dataset}))
-    command = [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"), "--cores",
-               str(args.cores), "--configfile", *map(str, files), str(work / "run.yaml")]
+    command = [
+        str(Path(sys.executable).with_name("snakemake")),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--cores",
+        str(args.cores),
+        "--configfile",
+        *map(str, files),
+        str(work / "run.yaml"),
+    ]
     started = time.time()
     with open(work / f"{row}.log", "w") as log:
         code = subprocess.run(command, cwd=work, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -68,8 +76,14 @@ def run_row(row: str, args) -> None:
         shutil.copy2(metrics, out / "curves" / f"{metrics.parent.name}.csv")
     train_s = sum(_benchmark_seconds(t) for t in (results / "benchmarks/train_round").glob("*.tsv"))
     predict_s = sum(_benchmark_seconds(t) for t in (results / "benchmarks/predict_case").glob("*.tsv"))
-    record = {"row": row, "wall_s": round(time.time() - started, 1), "train_s": round(train_s, 1),
-              "predict_s": round(predict_s, 1), "files": [str(f) for f in files], "commit": _commit()}
+    record = {
+        "row": row,
+        "wall_s": round(time.time() - started, 1),
+        "train_s": round(train_s, 1),
+        "predict_s": round(predict_s, 1),
+        "files": [str(f) for f in files],
+        "commit": _commit(),
+    }
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record), flush=True)
 
@@ -87,16 +101,31 @@ def _commit() -> str:
 def table(workdir: Path) -> str:
     import pandas as pd
 
-    header = ["row", "lever", "n test", *(f"Dice {r}" for r in REGIONS), *(f"SD {r}" for r in REGIONS),
-              "val Dice jump", "train min", "predict min"]
+    header = [
+        "row",
+        "lever",
+        "n test",
+        *(f"Dice {r}" for r in REGIONS),
+        *(f"SD {r}" for r in REGIONS),
+        "val Dice jump",
+        "train min",
+        "predict min",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record_file in sorted((workdir / "rows").glob("*/run.json")):
         record = json.loads(record_file.read_text())
         scores = pd.read_csv(record_file.parent / "scores/scores.tsv", sep="\t")
         means = [scores[f"{m}_{r}"].mean() for m in ("dice", "sd") for r in REGIONS]
         lever = (ROWS / f"{record['row']}.yaml").read_text().splitlines()[0].lstrip("# ")
-        cells = [record["row"], lever, str(len(scores)), *(f"{v:.3f}" for v in means), f"{_jump(record_file.parent):.3f}",
-                 f"{record['train_s'] / 60:.1f}", f"{record['predict_s'] / 60:.1f}"]
+        cells = [
+            record["row"],
+            lever,
+            str(len(scores)),
+            *(f"{v:.3f}" for v in means),
+            f"{_jump(record_file.parent):.3f}",
+            f"{record['train_s'] / 60:.1f}",
+            f"{record['predict_s'] / 60:.1f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

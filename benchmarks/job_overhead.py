@@ -86,8 +86,19 @@ torch.save({{"model": model.state_dict(), "model_cfg": cfg, "n_classes": n_class
 
 def run_job(workdir: Path, config_path: Path, rule: str, target: str, case: str) -> dict:
     snakemake = str(Path(sys.executable).with_name("snakemake"))
-    command = [snakemake, "--cores", "2", "--configfile", str(config_path), "--allowed-rules", rule,
-               "--forcerun", rule, "--", target]
+    command = [
+        snakemake,
+        "--cores",
+        "2",
+        "--configfile",
+        str(config_path),
+        "--allowed-rules",
+        rule,
+        "--forcerun",
+        rule,
+        "--",
+        target,
+    ]
     start = time.perf_counter()
     process = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -114,8 +125,12 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the medians here")
     parser.add_argument("--rules", nargs="+", default=RULES, choices=RULES, help="the rules to time (in order)")
-    parser.add_argument("--raw-from", type=Path, help="a results folder of an earlier run whose raw case to reuse "
-                        "(generating a 512^3-class phantom takes minutes), for runs without download_case")
+    parser.add_argument(
+        "--raw-from",
+        type=Path,
+        help="a results folder of an earlier run whose raw case to reuse "
+        "(generating a 512^3-class phantom takes minutes), for runs without download_case",
+    )
     args = parser.parse_args()
 
     workdir = args.workdir.resolve()

@@ -17,7 +17,8 @@ Stages (``--stages``, default all, each one can be rerun on its own):
 * ``plan``: ``nnUNetv2_plan_and_preprocess -d ID -c 2d --verify_dataset_integrity`` with ``-np``/``-npfp``.
 * ``train``: ``nnUNetv2_train ID 2d all -tr nnUNetTrainer_segflow``. The trainer is a small subclass of
   nnUNetTrainer written into the nnU-Net venv's ``nnunetv2/training/nnUNetTrainer/`` package, where nnU-Net looks
-  trainer classes up by name (the folder itself rather than ``variants/``: see ``install_trainer``). It reads its budget from environment variables set here:
+  trainer classes up by name (the folder itself rather than ``variants/``: see ``install_trainer``). It reads its
+  budget from environment variables set here:
   ``--epochs``, ``--iterations-per-epoch``, ``--val-iterations-per-epoch``, and ``--time-budget-min``. With a time
   budget the trainer measures each epoch and, after every epoch, sets the number of epochs to what fits into the
   budget (counted from the start of ``run_training``, data loader start-up included), with the poly learning-rate
@@ -168,8 +169,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nnunet-venv", type=Path, default=Path(os.environ.get("NNUNET_VENV", "/work/nnunet-venv")))
     p.add_argument("--dataset-id", type=int, default=501)
     p.add_argument("--dataset-name", default="segflow")
-    p.add_argument("--labels", choices=("regions", "classes"), default="regions",
-                   help="regions: KiTS HECs, nnU-Net region-based training (default); classes: 4 labels, softmax")
+    p.add_argument(
+        "--labels",
+        choices=("regions", "classes"),
+        default="regions",
+        help="regions: KiTS HECs, nnU-Net region-based training (default); classes: 4 labels, softmax",
+    )
     p.add_argument("--epochs", type=int, default=1000, help="epochs (the cap when --time-budget-min is given)")
     p.add_argument("--iterations-per-epoch", type=int, default=250)
     p.add_argument("--val-iterations-per-epoch", type=int, help="default: iterations / 5, at least 1")
@@ -177,8 +182,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--final-validation", action="store_true", help="run nnU-Net's final validation after training")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--mirroring", choices=("on", "off"), default="on", help="test-time mirroring in prediction")
-    p.add_argument("--no-preprocess", action="store_true",
-                   help="plan stage: fingerprint and plans only (nnU-Net's --no_pp), no preprocessed data")
+    p.add_argument(
+        "--no-preprocess",
+        action="store_true",
+        help="plan stage: fingerprint and plans only (nnU-Net's --no_pp), no preprocessed data",
+    )
     p.add_argument("--np", type=int, default=2, help="processes for fingerprint and preprocessing")
     p.add_argument("--da-workers", type=int, default=2, help="nnUNet_n_proc_DA (data augmentation workers)")
     p.add_argument("--predict-workers", type=int, default=1, help="nnUNetv2_predict -npp and -nps")
@@ -229,8 +237,10 @@ def nnunet_env(args) -> dict[str, str]:
 def tool(args, name: str) -> str:
     path = args.nnunet_venv / "bin" / name
     if not path.exists():
-        sys.exit(f"{path} not found: install nnU-Net v2 into --nnunet-venv {args.nnunet_venv} "
-                 "(python3 -m venv DIR && DIR/bin/pip install torch==2.13.0 nnunetv2)")
+        sys.exit(
+            f"{path} not found: install nnU-Net v2 into --nnunet-venv {args.nnunet_venv} "
+            "(python3 -m venv DIR && DIR/bin/pip install torch==2.13.0 nnunetv2)"
+        )
     return str(path)
 
 
@@ -246,8 +256,10 @@ def run_logged(args, command: list[str], log_name: str, env: dict) -> float:
     seconds = time.monotonic() - start
     if result.returncode != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-30:]
-        sys.exit(f"{command[0]} failed (exit {result.returncode}) after {seconds:.0f} s; last lines of {log_path}:\n"
-                 + "\n".join(tail))
+        sys.exit(
+            f"{command[0]} failed (exit {result.returncode}) after {seconds:.0f} s; last lines of {log_path}:\n"
+            + "\n".join(tail)
+        )
     print(f"[nnunet.py] done in {seconds / 60:.2f} min", flush=True)
     return seconds
 
@@ -324,8 +336,18 @@ def convert(args, splits) -> dict:
 
 
 def plan(args, env) -> float:
-    command = [tool(args, "nnUNetv2_plan_and_preprocess"), "-d", str(args.dataset_id), "-c", "2d",
-               "--verify_dataset_integrity", "-np", str(args.np), "-npfp", str(args.np)]
+    command = [
+        tool(args, "nnUNetv2_plan_and_preprocess"),
+        "-d",
+        str(args.dataset_id),
+        "-c",
+        "2d",
+        "--verify_dataset_integrity",
+        "-np",
+        str(args.np),
+        "-npfp",
+        str(args.np),
+    ]
     if args.no_preprocess:
         command.append("--no_pp")
     return run_logged(args, command, "plan_and_preprocess", env)
@@ -341,8 +363,9 @@ def install_trainer(args) -> Path:
     ``variants/`` is never reached. A module in the folder itself is found before any subpackage is imported.
     """
     code = "import os, nnunetv2; print(os.path.dirname(nnunetv2.__file__))"
-    package = Path(subprocess.run([venv_python(args), "-c", code], capture_output=True, text=True,
-                                  check=True).stdout.strip())
+    package = Path(
+        subprocess.run([venv_python(args), "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    )
     folder = package / "training" / "nnUNetTrainer"
     stale = folder / "variants" / "segflow"  # where an earlier version of this script put it
     if stale.exists():
@@ -361,8 +384,7 @@ def train(args, env) -> float:
     fold_dir = trainer_folder(args) / "fold_all"
     if fold_dir.exists():
         shutil.rmtree(fold_dir)  # a fresh training every time: the budget is measured from scratch
-    command = [tool(args, "nnUNetv2_train"), str(args.dataset_id), "2d", "all", "-tr", TRAINER,
-               "-device", args.device]
+    command = [tool(args, "nnUNetv2_train"), str(args.dataset_id), "2d", "all", "-tr", TRAINER, "-device", args.device]
     return run_logged(args, command, "train", env)
 
 
@@ -374,11 +396,28 @@ def predict(args, env) -> float:
     out = prediction_folder(args)
     if out.exists():
         shutil.rmtree(out)
-    command = [tool(args, "nnUNetv2_predict"),
-               "-i", str(args.work / "nnUNet_raw" / dataset_folder_name(args) / "imagesTs"),
-               "-o", str(out), "-d", str(args.dataset_id), "-c", "2d", "-f", "all", "-tr", TRAINER,
-               "-device", args.device, "-npp", str(args.predict_workers), "-nps", str(args.predict_workers),
-               "--disable_progress_bar"]
+    command = [
+        tool(args, "nnUNetv2_predict"),
+        "-i",
+        str(args.work / "nnUNet_raw" / dataset_folder_name(args) / "imagesTs"),
+        "-o",
+        str(out),
+        "-d",
+        str(args.dataset_id),
+        "-c",
+        "2d",
+        "-f",
+        "all",
+        "-tr",
+        TRAINER,
+        "-device",
+        args.device,
+        "-npp",
+        str(args.predict_workers),
+        "-nps",
+        str(args.predict_workers),
+        "--disable_progress_bar",
+    ]
     if args.mirroring == "off":
         command.append("--disable_tta")
     return run_logged(args, command, f"predict_mirroring_{args.mirroring}", env)
@@ -409,10 +448,12 @@ def score(args, splits) -> dict:
         path = case_dir / f"{case}.json"
         write_json(path, {"case_id": case, "scores": json_scores(scores)})
         paths.append(path)
-        print(f"[nnunet.py] {case}: " + " ".join(f"{k}={scores[k]:.4f}" for k in (f"dice_{r}" for r in HEC)),
-              flush=True)
-    aggregate(paths, splits["test"], args.out / "scores.tsv", args.out / "summary.json", args.out / "summary.tsv",
-              score_cfg)
+        print(
+            f"[nnunet.py] {case}: " + " ".join(f"{k}={scores[k]:.4f}" for k in (f"dice_{r}" for r in HEC)), flush=True
+        )
+    aggregate(
+        paths, splits["test"], args.out / "scores.tsv", args.out / "summary.json", args.out / "summary.tsv", score_cfg
+    )
     return {"score_s": time.monotonic() - start, "score_config": score_cfg}
 
 
@@ -515,10 +556,16 @@ def main(argv=None) -> None:
     stage_options = {
         "convert": {"labels": args.labels, "link": args.link, "reader": args.reader},
         "plan": {"np": args.np, "no_preprocess": args.no_preprocess},
-        "train": {"epochs": args.epochs, "iterations_per_epoch": args.iterations_per_epoch,
-                  "val_iterations_per_epoch": args.val_iterations_per_epoch,
-                  "time_budget_min": args.time_budget_min, "device": args.device, "da_workers": args.da_workers,
-                  "final_validation": args.final_validation, "trainer": TRAINER},
+        "train": {
+            "epochs": args.epochs,
+            "iterations_per_epoch": args.iterations_per_epoch,
+            "val_iterations_per_epoch": args.val_iterations_per_epoch,
+            "time_budget_min": args.time_budget_min,
+            "device": args.device,
+            "da_workers": args.da_workers,
+            "final_validation": args.final_validation,
+            "trainer": TRAINER,
+        },
         "predict": {"mirroring": args.mirroring, "device": args.device, "workers": args.predict_workers},
     }
     for stage in args.stages:
@@ -570,8 +617,10 @@ def print_summary(rows: list[dict]) -> None:
             return "-"
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
-    print("\nmethod | cases | HEC Dice k+m / masses / tumour | surface Dice k+m / masses / tumour | "
-          "train min | predict min")
+    print(
+        "\nmethod | cases | HEC Dice k+m / masses / tumour | surface Dice k+m / masses / tumour | "
+        "train min | predict min"
+    )
     for row in rows:
         dice = " / ".join(fmt(row[f"dice_{r}"]) for r in HEC)
         sd = " / ".join(fmt(row[f"sd_{r}"]) for r in HEC)

@@ -15,7 +15,7 @@ Then, for each case, it times in a fresh subprocess per measurement (so each pea
     segflow-png  the same with PNG output
     seed-png     the seed's way: the MONAI dictionary Compose over the whole volume (LoadImaged,
                  EnsureChannelFirstd, Orientationd, CropForegroundd, ScaleIntensityRanged, gamma, Resized), then
-                 one PNG per slice with PIL (segflow.preprocess.seed_preprocess + write_png_slices)
+                 one PNG per slice with PIL (tests/seed_chain.py seed_preprocess + segflow.cases.write_png_slices)
 
 Times (wall clock and CPU: the machine may be shared) are the minimum over --repeats runs, the methods
 interleaved; peak memory is the peak resident size after the work minus that after the imports (VmHWM), in MiB,
@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "workflow_scripts"))
+sys.path[:0] = [str(REPO / "workflow_scripts"), str(REPO / "tests")]
 
 METHODS = ["read", "segflow-npy", "segflow-png", "seed-png"]
 
@@ -96,11 +96,14 @@ def measure(method: str, case: Path, size: int, threads: int) -> dict:
     import numpy as np
     import PIL.Image  # noqa: F401
     import torch
+    from helpers import config_with_defaults  # tests/: the schema's defaults and the seed's reference chain
+    from seed_chain import seed_preprocess
 
-    from segflow.preprocess import DEFAULTS, preprocess_case, seed_preprocess, write_png_slices
+    from segflow.cases import write_png_slices
+    from segflow.preprocess import preprocess_case
 
     torch.set_num_threads(threads)
-    cfg = {**DEFAULTS, "size": [size, size]}
+    cfg = {**config_with_defaults()["preprocess"], "size": [size, size]}
     image, label = case / "imaging.nii.gz", case / "segmentation.nii.gz"
     out = Path(tempfile.mkdtemp(prefix="segflow-bench-out-"))
     base = peak_rss_mib()
@@ -126,8 +129,13 @@ def machine() -> dict:
     import monai
     import torch
 
-    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(), "torch": torch.__version__,
-            "monai": monai.__version__}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+    }
 
 
 def main() -> None:
@@ -160,17 +168,32 @@ def main() -> None:
                 runs[method].append(_run_worker(method, case, args))
                 print(method, json.dumps(runs[method][-1]), file=sys.stderr)
         for method, results in runs.items():
-            rows.append({"case": case.name, "slices": int(n_slices), "method": method,
-                         **{key: min(r[key] for r in results) for key in ("seconds", "cpu_seconds")},
-                         "peak_mib": max(r["peak_mib"] for r in results)})
+            rows.append(
+                {
+                    "case": case.name,
+                    "slices": int(n_slices),
+                    "method": method,
+                    **{key: min(r[key] for r in results) for key in ("seconds", "cpu_seconds")},
+                    "peak_mib": max(r["peak_mib"] for r in results),
+                }
+            )
     print(_table(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "command": sys.argv, "rows": rows}, indent=2))
 
 
 def _run_worker(method: str, case: Path, args) -> dict:
-    command = [sys.executable, __file__, "--measure", method, str(case), "--size", str(args.size),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--measure",
+        method,
+        str(case),
+        "--size",
+        str(args.size),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -206,8 +206,9 @@ def preview_case(case_dir: Path, png: Path) -> None:
         axes[1, i].set_title("W2000 L0, labels: kidney green, tumour red, cyst cyan")
         crop = hu[x0:x1, y0:y1, z].T[::-1, ::-1]
         axes[2, i].imshow(crop, cmap="gray", vmin=-160, vmax=240)
-        axes[2, i].contour(lab[x0:x1, y0:y1, z].T[::-1, ::-1], levels=[0.5, 1.5, 2.5],
-                           colors=["lime", "red", "cyan"], linewidths=0.5)
+        axes[2, i].contour(
+            lab[x0:x1, y0:y1, z].T[::-1, ::-1], levels=[0.5, 1.5, 2.5], colors=["lime", "red", "cyan"], linewidths=0.5
+        )
     for ax in axes.ravel():
         ax.axis("off")
     zooms = "x".join(f"{v:g}" for v in image.header.get_zooms()[:3])
@@ -229,16 +230,26 @@ def cmd_run(args) -> None:
     run_yaml = run_dir / "run.yaml"
     run_yaml.write_text(
         yaml.safe_dump(
-            {"results_dir": str(results), "dataset": {"source": "local", "path": str(Path(args.data).resolve()),
-                                                       "cases": "all"}},
+            {
+                "results_dir": str(results),
+                "dataset": {"source": "local", "path": str(Path(args.data).resolve()), "cases": "all"},
+            },
             sort_keys=False,
         )
     )
     configfiles = [REPO / "config" / "kits23.yaml", REPO / "benchmarks" / "quality.yaml"]
     configfiles += [Path(c).resolve() for c in args.configfile] + [run_yaml]
     snakemake = Path(sys.executable).with_name("snakemake")
-    command = [str(snakemake if snakemake.exists() else "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-               "--cores", str(args.cores), "--configfile", *map(str, configfiles), *args.extra]
+    command = [
+        str(snakemake if snakemake.exists() else "snakemake"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--cores",
+        str(args.cores),
+        "--configfile",
+        *map(str, configfiles),
+        *args.extra,
+    ]
     print(" ".join(command), flush=True)
     started = time.time()
     with open(run_dir / "snakemake.log", "w") as log:
@@ -271,8 +282,9 @@ def train_seconds(results: Path) -> float:
 
 def _git_commit() -> str:
     done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
     return done.stdout.strip() + ("+dirty" if dirty else "")
 
 
@@ -286,8 +298,14 @@ def cmd_table(args) -> None:
 def results_table(workdir: Path) -> str:
     import pandas as pd
 
-    header = ["run", "test cases", *(f"Dice {r}" for r in REGIONS), *(f"SD {r}" for r in REGIONS),
-              "train min", "total min"]
+    header = [
+        "run",
+        "test cases",
+        *(f"Dice {r}" for r in REGIONS),
+        *(f"SD {r}" for r in REGIONS),
+        "train min",
+        "total min",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for record_file in sorted(workdir.glob("*/run.json"), key=lambda p: p.stat().st_mtime):
         record = json.loads(record_file.read_text())

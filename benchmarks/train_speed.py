@@ -2,9 +2,9 @@
 
 Run by hand (not a test):  .venv/bin/python benchmarks/train_speed.py [--device auto|cpu|cuda] [--sizes 128]
 It trains on random slices with the default config's model and loss, through the same autocast / GradScaler /
-channels-last path as segflow.train, after a few warm-up steps. On CUDA each setting is measured in float32 and in
-mixed precision. ``train_seconds_per_epoch`` is the training part of one default epoch (``samples_per_epoch``
-slices); validation adds about a fifth on the default config.
+channels-last path as segflow.train (devices from segflow.device), after a few warm-up steps. On CUDA each
+setting is measured in float32 and in mixed precision. ``train_seconds_per_epoch`` is the training part of one
+default epoch (``samples_per_epoch`` slices); validation adds about a fifth on the default config.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
+from segflow.device import amp_dtype_for, autocast_for, pick_device  # noqa: E402
 from segflow.losses import build_loss  # noqa: E402
 from segflow.models import build_model  # noqa: E402
-from segflow.train import amp_dtype_for, autocast_for, pick_device  # noqa: E402
 
 
 def train_defaults() -> dict:
@@ -72,10 +72,16 @@ def measure(model_name: str, size: int, batch: int, device: torch.device, amp: s
     # The median is the typical step; the fastest approximates an idle machine (other jobs slow a shared one).
     seconds, best = statistics.median(times), min(times)
     return {
-        "model": model_name, "device": str(device), "precision": str(dtype or torch.float32).removeprefix("torch."),
-        "size": size, "batch": batch, "median_seconds_per_step": round(seconds, 4), "images_per_second": round(batch / seconds, 1),
+        "model": model_name,
+        "device": str(device),
+        "precision": str(dtype or torch.float32).removeprefix("torch."),
+        "size": size,
+        "batch": batch,
+        "median_seconds_per_step": round(seconds, 4),
+        "images_per_second": round(batch / seconds, 1),
         "best_images_per_second": round(batch / best, 1),
-        "train_seconds_per_epoch": round((cfg["samples_per_epoch"] or 0) * seconds / batch, 1), "threads": torch.get_num_threads(),
+        "train_seconds_per_epoch": round((cfg["samples_per_epoch"] or 0) * seconds / batch, 1),
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -96,7 +102,7 @@ def main() -> None:
     channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     for model_name in args.models.split(","):
         for size in map(int, args.sizes.split(",")):
-            for amp in (["off", *args.amp.split(",")] if device.type == "cuda" else ["off"]):
+            for amp in ["off", *args.amp.split(",")] if device.type == "cuda" else ["off"]:
                 print(json.dumps(measure(model_name, size, args.batch, device, amp, args.steps, channels)), flush=True)
 
 

@@ -24,7 +24,8 @@ def _regroup_from_scratch():
     again, so groups grow past their size and overlap (6 jobs in groups of 2 came out as 4 + 2 + 2). Each
     regrouping here starts from new group jobs. Regrouping happens when the DAG is built and when select_cases
     has run, and no group job is running then: inspect groups are done before select_cases, later ones start
-    after. tests/test_slurm_plan.py checks the groups (each job in one group, none over its size)."""
+    after. tests/test_slurm_plan.py checks the groups (each job in one group, none over its size).
+    """
     from snakemake.dag import DAG
 
     if getattr(DAG.update_groups, "segflow_regroups", False):
@@ -53,7 +54,9 @@ except ConfigError as error:
 # their names, all from the config.
 ALLOWED_LABELS = allowed_labels(config)
 LABEL_SET = {"n_classes": n_classes(config), "names": label_names(config["score"])}
-if config["train"]["init_checkpoint"]:  # at start-up, not after a minute of work: one line naming key and file
+if config["train"][
+    "init_checkpoint"
+]:  # at start-up, not after a minute of work: one line naming key and file
     try:
         check_init_checkpoint(config["train"]["init_checkpoint"], config["train"])
     except ConfigError as error:
@@ -137,7 +140,8 @@ def get_source_files(wildcards):
 
 def get_case_import_params(wildcards):
     """What a case's content depends on: the dataset config without the keys that only choose which cases exist
-    (adding cases reimports none of the others) or how files are fetched, plus the case's identity."""
+    (adding cases reimports none of the others) or how files are fetched, plus the case's identity.
+    """
     return case_params(config["dataset"], CASE_INPUTS[wildcards.case])
 
 
@@ -152,22 +156,32 @@ def get_trainval_preprocessed(wildcards):
 def get_previous_round_model(wildcards):
     """Round r > 0 starts from round r-1's best checkpoint, so that file is an input of round r."""
     round_index = int(wildcards.round)
-    return [result("train", f"round_{round_index - 1}", "model_best.pt")] if round_index > 0 else []
+    return (
+        [result("train", f"round_{round_index - 1}", "model_best.pt")]
+        if round_index > 0
+        else []
+    )
 
 
 def get_test_predictions(wildcards):
-    return expand(result("predictions", "{case}.nii.gz"), case=get_selected_cases("test"))
+    return expand(
+        result("predictions", "{case}.nii.gz"), case=get_selected_cases("test")
+    )
 
 
 def get_test_scores(wildcards):
-    return expand(result("scores", "cases", "{case}.json"), case=get_selected_cases("test"))
+    return expand(
+        result("scores", "cases", "{case}.json"), case=get_selected_cases("test")
+    )
 
 
 def get_report_case_files(wildcards):
     cases = get_selected_cases("test")
     return {
         "images": expand(result("raw", "{case}", "imaging.nii.gz"), case=cases),
-        "references": expand(result("raw", "{case}", "segmentation.nii.gz"), case=cases),
+        "references": expand(
+            result("raw", "{case}", "segmentation.nii.gz"), case=cases
+        ),
         "predictions": expand(result("predictions", "{case}.nii.gz"), case=cases),
     }
 
@@ -175,11 +189,26 @@ def get_report_case_files(wildcards):
 def get_benchmarks(wildcards):
     """Benchmark files of every job before the report, for the report's wall-time table."""
     selected, test = get_selected_cases(), get_selected_cases("test")
-    per_case = {"download_case": CASES, "inspect_case": CASES, "preprocess_case": selected}
+    per_case = {
+        "download_case": CASES,
+        "inspect_case": CASES,
+        "preprocess_case": selected,
+    }
     per_case.update({"predict_case": test, "score_case": test})
-    files = [benchmark_path(rule, f"{case}.tsv") for rule, cases in per_case.items() for case in cases]
-    files += [benchmark_path("train_round", f"round_{r}.tsv") for r in ROUNDS]
-    files += [benchmark_path(rule, f"{rule}.tsv") for rule in ("select_cases", "select_model", "aggregate_scores")]
+    files = [
+        benchmark_path(rule, f"{case}.tsv")
+        for rule, cases in per_case.items()
+        for case in cases
+    ]
+    files += [
+        benchmark_path(rule, f"round_{r}.tsv")
+        for rule in ("train_round", "plot_curves")
+        for r in ROUNDS
+    ]
+    files += [
+        benchmark_path(rule, f"{rule}.tsv")
+        for rule in ("select_cases", "select_model", "aggregate_scores")
+    ]
     return files
 
 
@@ -189,10 +218,12 @@ def get_final_outputs():
 
 # --- training ----------------------------------------------------------------------------------------------------
 
-# Keys only select_model reads (as SELECTION_ONLY_KEYS in segflow/train.py): adding a round or changing how rounds
-# are compared must not retrain the rounds that exist.
+# Keys only select_model reads: adding a round or changing how rounds are compared must neither rerun the rounds that
+# exist nor invalidate their saved training state (train_round's resume fingerprint hashes the params it is given).
 SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
-TRAIN_ROUND_PARAMS = {k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS}
+TRAIN_ROUND_PARAMS = {
+    k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS
+}
 
 
 def get_init_checkpoint(wildcards):

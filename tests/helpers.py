@@ -7,7 +7,9 @@ import numpy as np
 from segflow.io import save_nifti
 
 
-def write_case(folder: Path, shape=(24, 20, 8), spacing=(2.0, 2.0, 5.0), labels=True, image=None, seg=None, affine=None):
+def write_case(
+    folder: Path, shape=(24, 20, 8), spacing=(2.0, 2.0, 5.0), labels=True, image=None, seg=None, affine=None
+):
     """Write imaging.nii.gz/segmentation.nii.gz: a body block of soft tissue with a kidney and a tumour box."""
     folder.mkdir(parents=True, exist_ok=True)
     if affine is None:

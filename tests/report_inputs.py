@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from helpers import config_with_defaults
+
 from segflow.io import save_nifti
 from segflow.report import ReportInputs, render_report
 from segflow.score import aggregate, json_scores, score_files
@@ -50,8 +50,14 @@ def fabricate_inputs(folder: Path, config: dict | None = None) -> ReportInputs:
         scores = json_scores(score_files(paths["prediction"], paths["reference"], config["score"]))
         score_paths[-1].parent.mkdir(parents=True, exist_ok=True)
         score_paths[-1].write_text(json.dumps({"case_id": case, "scores": scores}))
-    aggregate(score_paths, list(cases), folder / "scores.tsv", folder / "summary.json", folder / "summary.tsv",
-              config["score"])
+    aggregate(
+        score_paths,
+        list(cases),
+        folder / "scores.tsv",
+        folder / "summary.json",
+        folder / "summary.tsv",
+        config["score"],
+    )
     metrics, curves = _write_rounds(folder)
     return ReportInputs(
         selection_tsv=_write_selection(folder),
@@ -79,8 +85,11 @@ def _write_case(folder: Path, shift: int, tumour_found: bool) -> dict[str, Path]
     prediction = np.roll(reference, shift, axis=0)
     if not tumour_found:
         prediction[prediction == 2] = 1
-    paths = {"image": folder / "imaging.nii.gz", "reference": folder / "segmentation.nii.gz",
-             "prediction": folder / "prediction.nii.gz"}
+    paths = {
+        "image": folder / "imaging.nii.gz",
+        "reference": folder / "segmentation.nii.gz",
+        "prediction": folder / "prediction.nii.gz",
+    }
     for key, array in (("image", image), ("reference", reference), ("prediction", prediction)):
         save_nifti(paths[key], array, AFFINE)
     return paths
@@ -105,11 +114,15 @@ def _write_rounds(folder: Path) -> tuple[list[Path], list[Path]]:
     metrics, curves = [], []
     for round_index in (0, 1):
         epochs = np.arange(3)
-        frame = pd.DataFrame({
-            "round": round_index, "epoch": epochs,
-            "train_loss": 1.0 / (epochs + 1 + round_index), "val_loss": 1.1 / (epochs + 1 + round_index),
-            "val_dice": 0.5 + 0.1 * epochs + 0.05 * round_index,
-        })
+        frame = pd.DataFrame(
+            {
+                "round": round_index,
+                "epoch": epochs,
+                "train_loss": 1.0 / (epochs + 1 + round_index),
+                "val_loss": 1.1 / (epochs + 1 + round_index),
+                "val_dice": 0.5 + 0.1 * epochs + 0.05 * round_index,
+            }
+        )
         metrics.append(folder / f"round_{round_index}" / "metrics.csv")
         metrics[-1].parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(metrics[-1], index=False)
@@ -122,8 +135,15 @@ def _write_rounds(folder: Path) -> tuple[list[Path], list[Path]]:
 
 
 def _write_rounds_table(folder: Path) -> Path:
-    table = pd.DataFrame({"round": [0, 1], "best_epoch": [2, 1], "val_loss": [0.55, 0.41], "val_dice": [0.7, 0.8],
-                          "checkpoint": ["round_0/model_best.pt", "round_1/model_best.pt"]})
+    table = pd.DataFrame(
+        {
+            "round": [0, 1],
+            "best_epoch": [2, 1],
+            "val_loss": [0.55, 0.41],
+            "val_dice": [0.7, 0.8],
+            "checkpoint": ["round_0/model_best.pt", "round_1/model_best.pt"],
+        }
+    )
     path = folder / "rounds.tsv"
     table.to_csv(path, sep="\t", index=False)
     return path

@@ -7,8 +7,8 @@ import logging
 import os
 
 import pytest
-
 from http_server import FaultServer
+
 from segflow.download import (
     ManifestEntry,
     fetch,

@@ -37,7 +37,10 @@ def test_every_env_parses_with_channels_and_pinned_dependencies():
         env = yaml.safe_load(path.read_text())
         assert env["channels"], path.name
         for dependency in env["dependencies"]:
-            assert isinstance(dependency, str) and re.fullmatch(r"[\w.\-]+=[\w.\-]+", dependency), (path.name, dependency)
+            assert isinstance(dependency, str) and re.fullmatch(r"[\w.\-]+=[\w.\-]+", dependency), (
+                path.name,
+                dependency,
+            )
 
 
 def test_every_rule_names_an_existing_env():

@@ -2,8 +2,8 @@ import gzip
 
 import numpy as np
 import pytest
-
 from helpers import write_case
+
 from segflow.inspection import inspect_case, slice_axis
 from segflow.io import save_nifti
 
@@ -107,4 +107,6 @@ def test_non_finite_affine_and_zero_spacing_are_problems(tmp_path):
     image, seg = write_case(tmp_path / "z")
     patch_header(image, pixdim=[2, 2, 0])  # nibabel reports a zero pixdim as 1 when it loads the file
     problems = inspect_case("z", image, seg, LABELS)["problems"]
-    assert any(p.startswith("image spacing has zero or invalid voxel sizes [2.0, 2.0, 0.0]") for p in problems), problems
+    assert any(p.startswith("image spacing has zero or invalid voxel sizes [2.0, 2.0, 0.0]") for p in problems), (
+        problems
+    )

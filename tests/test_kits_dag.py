@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from http_server import FaultServer
+from workflow import copy_workflow, planned_jobs, snakemake
+
 from segflow.io import save_nifti
 from segflow.sources.synthetic import make_phantom
-from workflow import copy_workflow, planned_jobs, snakemake
 
 CASES = [f"case_{i:05d}" for i in range(6)]  # case_00003 and case_00005 are built to fail the filters
 
@@ -25,7 +25,11 @@ def kits_storage(image, label, affine):
         nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("IPL")
     )
     stored = volume.as_reoriented(transform)
-    return np.asarray(stored.dataobj), nib.Nifti1Image(label, affine).as_reoriented(transform).get_fdata().astype(np.uint8), stored.affine
+    return (
+        np.asarray(stored.dataobj),
+        nib.Nifti1Image(label, affine).as_reoriented(transform).get_fdata().astype(np.uint8),
+        stored.affine,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +40,9 @@ def kits_www(tmp_path_factory):
         image, label, affine = kits_storage(image, label, affine)
         save_nifti(root / "hf/images" / f"{case}.nii.gz", image, affine)
         save_nifti(root / "gh23/dataset" / case / "segmentation.nii.gz", label, affine)
-        save_nifti(root / "gh19/data" / case / "segmentation.nii.gz", np.where(label == 3, 1, label).astype(np.uint8), affine)
+        save_nifti(
+            root / "gh19/data" / case / "segmentation.nii.gz", np.where(label == 3, 1, label).astype(np.uint8), affine
+        )
     with FaultServer(root) as server:
         yield server
 

@@ -4,8 +4,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from helpers import config_with_defaults, write_case
+
+from segflow.cases import load_case
+from segflow.checkpoints import load_models, save_checkpoint, save_ensemble
 from segflow.data import (
     SliceDataset,
     build_augmentation,
@@ -14,17 +16,13 @@ from segflow.data import (
     context_stack,
     epoch_indices,
 )
+from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
 from segflow.models import build_model
-from segflow.predict import (
-    TTA_FLIPS,
-    load_models,
-    predict_probabilities,
-    probability_labels,
-    save_ensemble,
-)
-from segflow.preprocess import DEFAULTS, load_case, preprocess_case, restore_labels, restore_probabilities
-from segflow.train import build_scheduler, save_checkpoint, validation_subset
+from segflow.preprocess import preprocess_case
+from segflow.restore import restore_labels, restore_probabilities
+from segflow.train import build_scheduler, validation_subset
 
+DEFAULTS = config_with_defaults()["preprocess"]
 TRAIN = config_with_defaults(
     {"train": {"channels": [4, 8], "num_res_units": 0, "device": "cpu", "norm": "instance", "context_slices": 3}}
 )["train"]
@@ -84,9 +82,15 @@ def test_probability_restore_places_boundaries_between_pixels():
     # One slice, 1 x 2 prediction pixels resized up to 1 x 4 original voxels; soft probabilities (0.9 kidney,
     # then 0.4 kidney) cross 0.5 a quarter of the way into the second pixel, which labels cannot express.
     meta = {
-        "cropped_shape": [1, 1, 4], "oriented_shape": [1, 1, 4], "slice_dim": 0, "plane_dims": [1, 2],
-        "crop_box": [[0, 1], [0, 1], [0, 4]], "original_shape": [1, 1, 4], "axcodes": "RAS",
-        "original_affine": np.eye(4).tolist(), "n_classes": 2,
+        "cropped_shape": [1, 1, 4],
+        "oriented_shape": [1, 1, 4],
+        "slice_dim": 0,
+        "plane_dims": [1, 2],
+        "crop_box": [[0, 1], [0, 1], [0, 4]],
+        "original_shape": [1, 1, 4],
+        "axcodes": "RAS",
+        "original_affine": np.eye(4).tolist(),
+        "n_classes": 2,
     }
     kidney = np.array([0.9, 0.4], dtype=np.float32)
     probabilities = np.stack([1 - kidney, kidney])[None, :, None, :]  # (Z=1, C=2, H=1, W=2)
@@ -113,13 +117,18 @@ def test_mirroring_is_undone_before_averaging():
     assert plain.shape == mirrored.shape == (3, 2, 8, 8) and plain.dtype == np.float16
     # By hand: the mean over the four flips of softmax(model(flip(x))) flipped back.
     x = torch.from_numpy(image)[:, None]
-    expected = sum(torch.flip(torch.softmax(model(torch.flip(x, d) if d else x), 1), d) if d else
-                   torch.softmax(model(x), 1) for d in TTA_FLIPS) / len(TTA_FLIPS)
+    expected = sum(
+        torch.flip(torch.softmax(model(torch.flip(x, d) if d else x), 1), d) if d else torch.softmax(model(x), 1)
+        for d in TTA_FLIPS
+    ) / len(TTA_FLIPS)
     assert np.allclose(mirrored, expected.numpy(), atol=2e-3)
     # A network that does not care about position gives the same answer with or without mirroring.
     identity = predict_probabilities([lambda b: torch.cat([b * 0, b], 1)], image, 1, 2, torch.device("cpu"), True)
-    assert np.allclose(identity, predict_probabilities([lambda b: torch.cat([b * 0, b], 1)], image, 1, 2,
-                                                       torch.device("cpu"), False), atol=1e-3)
+    assert np.allclose(
+        identity,
+        predict_probabilities([lambda b: torch.cat([b * 0, b], 1)], image, 1, 2, torch.device("cpu"), False),
+        atol=1e-3,
+    )
 
 
 def test_ensemble_of_two_checkpoints_averages_their_softmax(tmp_path):
@@ -133,8 +142,10 @@ def test_ensemble_of_two_checkpoints_averages_their_softmax(tmp_path):
     members, meta = load_models(tmp_path / "best.pt", torch.device("cpu"))
     assert len(members) == 2 and meta["members"] == 2 and meta["context_slices"] == 3
     image = np.random.default_rng(1).random((4, 16, 16)).astype(np.float32)
-    singles = [predict_probabilities([load_models(p, torch.device("cpu"))[0][0]], image, 3, 4, torch.device("cpu"))
-               for p in paths]
+    singles = [
+        predict_probabilities([load_models(p, torch.device("cpu"))[0][0]], image, 3, 4, torch.device("cpu"))
+        for p in paths
+    ]
     both = predict_probabilities(members, image, 3, 4, torch.device("cpu"))
     assert np.allclose(both, (singles[0].astype(np.float32) + singles[1]) / 2, atol=2e-3)
     assert np.allclose(both.sum(1), 1, atol=5e-3)

@@ -6,13 +6,18 @@ import nibabel as nib
 import numpy as np
 import torch
 import yaml
-
 from workflow import copy_workflow, planned_jobs, snakemake
 
 LEVERS = {
     "train": {
-        "norm": "instance", "context_slices": 3, "patch_size": [48, 48], "lr_schedule": "poly", "batch_dice": True,
-        "val_max_slices": 40, "ensemble": 2, "postprocess": ["largest_foreground", "masses_in_kidneys"],
+        "norm": "instance",
+        "context_slices": 3,
+        "patch_size": [48, 48],
+        "lr_schedule": "poly",
+        "batch_dice": True,
+        "val_max_slices": 40,
+        "ensemble": 2,
+        "postprocess": ["largest_foreground", "masses_in_kidneys"],
     },
     "infer": {"tta": True, "restore": "probabilities"},
 }

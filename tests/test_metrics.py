@@ -234,9 +234,7 @@ def published_length_table(spacing):
 
 
 def reference_surface_distances(ref, pred, spacing, table):
-    kernel = (
-        np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]]) if ref.ndim == 3 else np.array([[8, 4], [2, 1]])
-    )
+    kernel = np.array([[[128, 64], [32, 16]], [[8, 4], [2, 1]]]) if ref.ndim == 3 else np.array([[8, 4], [2, 1]])
     full = len(table) - 1
     lo = np.min(np.argwhere(ref | pred), axis=0)
     hi = np.max(np.argwhere(ref | pred), axis=0)

@@ -6,17 +6,15 @@ import pandas as pd
 import pytest
 import yaml
 from scipy import ndimage
+from workflow import copy_workflow, snakemake
 
 from segflow.io import save_nifti
 from segflow.sources import SourceError, import_case, list_cases
 from segflow.sources.phantom import block_mean, case_parameters, from_ras, synthesise, to_ras, upsample
-from workflow import copy_workflow, snakemake
 
 IN_PLANE, SLICE = 4.0, 5.0
 # KiTS stores (z, y, x) with an I-P-L affine: axis 0 runs to inferior, 1 to posterior, 2 to the patient's left.
-KITS_AFFINE = np.array(
-    [[0, 0, -IN_PLANE, 0], [0, -IN_PLANE, 0, 0], [-SLICE, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64
-)
+KITS_AFFINE = np.array([[0, 0, -IN_PLANE, 0], [0, -IN_PLANE, 0, 0], [-SLICE, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float64)
 
 
 def kits_labels(shape=(24, 96, 96), tumour=True, cyst=True, shift=0):
@@ -159,8 +157,11 @@ def test_orientation_round_trip_and_resampling_helpers():
 def test_tiny_dag_on_the_phantom_source(tmp_path):
     labels_root = tmp_path / "labels"
     for i in range(6):
-        save_nifti(labels_root / f"case_{i:05d}" / "segmentation.nii.gz", kits_labels((20, 64, 64), shift=i % 3),
-                   np.array([[0, 0, -6.0, 0], [0, -6.0, 0, 0], [-5.0, 0, 0, 0], [0, 0, 0, 1]]))
+        save_nifti(
+            labels_root / f"case_{i:05d}" / "segmentation.nii.gz",
+            kits_labels((20, 64, 64), shift=i % 3),
+            np.array([[0, 0, -6.0, 0], [0, -6.0, 0, 0], [-5.0, 0, 0, 0], [0, 0, 0, 1]]),
+        )
     workdir = copy_workflow(tmp_path / "run")
     overrides = {
         "dataset": {"source": "phantom", "phantom": {"label_dir": str(labels_root)}},

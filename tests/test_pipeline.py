@@ -7,12 +7,19 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-
 from workflow import snakemake
 
 RULES = [
-    "download_case", "inspect_case", "select_cases", "preprocess_case", "train_round",
-    "select_model", "predict_case", "score_case", "aggregate_scores", "render_report",
+    "download_case",
+    "inspect_case",
+    "select_cases",
+    "preprocess_case",
+    "train_round",
+    "select_model",
+    "predict_case",
+    "score_case",
+    "aggregate_scores",
+    "render_report",
 ]
 
 

@@ -95,7 +95,7 @@ def test_equal_sizes_break_ties_in_raster_order():
 def test_keep_largest_agrees_with_a_loop_over_components():
     rng = np.random.default_rng(0)
     for trial in range(5):
-        labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE))
+        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE)
         labels = labels.astype(np.uint8)
         ids, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
         sizes = [(int((ids == i).sum()), i) for i in range(1, n + 1)]
@@ -149,7 +149,7 @@ def test_drop_masses_agrees_with_dilated_kidney_definition():
     rng = np.random.default_rng(1)
     full = np.ones((3, 3, 3), bool)
     for trial in range(5):
-        labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE))
+        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
         labels = labels.astype(np.uint8)
         near_kidney = ndimage.binary_dilation(labels == 1, structure=full)
         ids, n = ndimage.label(np.isin(labels, (2, 3)), structure=full)
@@ -204,7 +204,7 @@ def test_unknown_step_and_bad_arguments():
 
 def test_deterministic():
     rng = np.random.default_rng(2)
-    labels = (ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE))
+    labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
     labels = labels.astype(np.uint8)
     first = pp.apply(labels, list(pp.STEPS))
     for _ in range(3):

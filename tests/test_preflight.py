@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+from test_train import TRAIN
 
 import segflow.train
+from segflow.checkpoints import save_checkpoint
+from segflow.device import DeviceError, pick_device
 from segflow.models import CheckpointError, build_model, load_weights
 from segflow.preflight import ConfigError, check_init_checkpoint
-from segflow.train import DeviceError, pick_device, save_checkpoint
-from test_train import TRAIN
 
 
 @pytest.fixture
@@ -33,8 +34,11 @@ def test_a_file_that_is_no_checkpoint_is_named_with_its_key(tmp_path):
     text.write_text("not a checkpoint")
     weights_only = tmp_path / "weights.pt"
     torch.save(build_model(TRAIN, 4).state_dict(), weights_only)  # a bare state_dict, no model_cfg
-    for path, words in ((text, "is not a torch checkpoint"), (weights_only, "is a torch file but not a segflow checkpoint"),
-                        (tmp_path / "missing.pt", "does not exist")):  # fmt: skip
+    for path, words in (
+        (text, "is not a torch checkpoint"),
+        (weights_only, "is a torch file but not a segflow checkpoint"),
+        (tmp_path / "missing.pt", "does not exist"),
+    ):
         with pytest.raises(ConfigError) as error:
             check_init_checkpoint(path, TRAIN)
         assert one_line(error).startswith(f"train.init_checkpoint {path} {words}")
@@ -78,5 +82,7 @@ def test_cuda_without_a_gpu_fails_before_training(tmp_path):
 
     dirs = make_cases(tmp_path, n=3)
     with pytest.raises(DeviceError, match="^train.device is 'cuda', but"):
-        segflow.train.train_round(dirs, {c: c for c in dirs}, 0, {**TRAIN, "device": "cuda"}, 1, outputs_in(tmp_path / "r"))
+        segflow.train.train_round(
+            dirs, {c: c for c in dirs}, 0, {**TRAIN, "device": "cuda"}, 1, outputs_in(tmp_path / "r")
+        )
     assert not (tmp_path / "r" / "resume").exists()

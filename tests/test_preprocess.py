@@ -6,29 +6,26 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import config_with_defaults, write_case
+from seed_chain import seed_preprocess
 
-from helpers import write_case
+from segflow.cases import load_case
+from segflow.geometry import RAS_LABELS, from_slices, plan_grid, to_slices
 from segflow.io import read_json
+from segflow.nifti_reader import read_voxels
 from segflow.preprocess import (
-    DEFAULTS,
-    RAS_LABELS,
     _memory_order,
     _resample_block,
     _resize_area,
     foreground_box,
-    from_slices,
     label_stack,
-    load_case,
-    plan_grid,
     plan_resampling,
     preprocess_case,
-    read_voxels,
-    restore_labels,
-    seed_preprocess,
-    to_slices,
 )
+from segflow.restore import restore_labels
 from segflow.sources.synthetic import make_phantom
 
+DEFAULTS = config_with_defaults()["preprocess"]
 CFG = {**DEFAULTS, "crop_margin": 1, "size": [32, 32]}
 
 
@@ -250,7 +247,7 @@ import segflow.preprocess as pre
 def killed(folder, *args, **kwargs):
     (folder / "image.npy").write_bytes(b"half")
     os.kill(os.getpid(), signal.SIGKILL)
-pre._write_slices = killed
+pre.write_slices = killed
 pre.preprocess_case({image!r}, {seg!r}, {out!r}, {cfg!r})
 """
 

@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from preset_fixtures import flare22_zip, uwmgi_folder
 from workflow import copy_workflow, planned_jobs, snakemake
 
@@ -92,5 +91,6 @@ def test_mri_preset_pointed_at_ct_fails_in_one_line_naming_the_key(tmp_path):
     args = preset_args(workdir, "uwmgi", {"dataset": {"source": "synthetic"}})
     process = snakemake(workdir, *args, "--until", "select_cases", check=False)
     assert process.returncode != 0
-    line = next(l for l in process.stderr.splitlines() if l.startswith("segflow: select_cases:") and "trainval" in l)
+    lines = process.stderr.splitlines()
+    line = next(x for x in lines if x.startswith("segflow: select_cases:") and "trainval" in x)
     assert "modality is mri" in line

@@ -6,12 +6,12 @@ import os
 
 import pytest
 import yaml
-
 from http_server import FaultServer
+from workflow import clone_run, copy_workflow, jobs_run, planned_jobs, snakemake
+
 from segflow.download import file_sha256
 from segflow.io import save_nifti
 from segflow.sources.synthetic import make_phantom
-from workflow import clone_run, copy_workflow, jobs_run, planned_jobs, snakemake
 
 CASES = [f"case_{i:05d}" for i in range(6)]  # case_00003 and case_00005 fail the tiny config's filters
 
@@ -69,6 +69,7 @@ def test_a_host_only_change_reruns_no_download_when_checksums_are_known(phantoms
     manifest.write_text("\n".join(lines) + "\n")
     workdir = copy_workflow(tmp_path / "work")
     with FaultServer(www) as server:
+
         def config(host, with_manifest=True):
             dataset = {
                 "source": "kits23", "cases": CASES[:3], "download": {"retries": 1, "timeout": 5.0, "backoff": 0.01},
@@ -115,8 +116,10 @@ def test_a_bad_init_checkpoint_stops_snakemake_at_start_up(tmp_path):
     (workdir / "notes.pt").write_text("not a checkpoint")
     process = snakemake(workdir, *overrides(workdir, "init", {"train": {"init_checkpoint": "notes.pt"}}), check=False)
     assert process.returncode != 0
-    assert process.stderr.strip().splitlines()[-1].startswith(
-        "segflow: train.init_checkpoint notes.pt is not a torch checkpoint"
+    assert (
+        process.stderr.strip()
+        .splitlines()[-1]
+        .startswith("segflow: train.init_checkpoint notes.pt is not a torch checkpoint")
     ), process.stderr[-2000:]
     assert not (workdir / "results").exists()  # nothing ran
 
@@ -135,8 +138,11 @@ def test_cuda_without_a_gpu_fails_in_one_line_when_training_starts(tiny_run, tmp
 
 @pytest.mark.parametrize(
     "values, words",
-    [({"train": {"epoch": 3}}, "'epoch' was unexpected"), ({"train": {"epochs": "six"}}, "'six' is not of type 'integer'"),
-     ({"train": {"device": "gpu"}}, "'gpu' does not match")],
+    [
+        ({"train": {"epoch": 3}}, "'epoch' was unexpected"),
+        ({"train": {"epochs": "six"}}, "'six' is not of type 'integer'"),
+        ({"train": {"device": "gpu"}}, "'gpu' does not match"),
+    ],
 )  # fmt: skip
 def test_a_config_typo_or_wrong_type_stops_at_start_up(tmp_path, values, words):
     workdir = copy_workflow(tmp_path / "work")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from report_inputs import BENCHMARKS, shared_report
+
 from segflow.report import RULE_GRAPH, git_commit, pick_cases, rule_timings
 from segflow.report_figures import layer_depths, rule_graph_svg
 
@@ -83,7 +83,9 @@ def test_run_summary(report):
         assert re.search(rf"\b{package} (\d+\.\d+|not in the report)", report), package
     total = sum(sum(seconds) for seconds in BENCHMARKS.values())
     assert f"{total:.0f} s" in report and "summed over 5 jobs" in report
-    assert "<td>train_round</td><td class='num' data-sort='2.0'>2</td><td class='num' data-sort='75.5'>75.5</td>" in report
+    assert (
+        "<td>train_round</td><td class='num' data-sort='2.0'>2</td><td class='num' data-sort='75.5'>75.5</td>" in report
+    )
     config = re.search(r"<details><summary>Configuration[^<]*</summary><pre>(.*?)</pre>", report, flags=re.S)
     assert re.search(r"^seed: 42$", config.group(1), flags=re.M) and "  source: synthetic" in config.group(1)
 
@@ -179,7 +181,9 @@ def test_rule_graph_layers_and_a_deterministic_drawing():
     depth = layer_depths(RULE_GRAPH)
     assert depth["download_case"] == 0 and depth["select_cases"] == 2 and depth["render_report"] == 8
     assert all(depth[target] > depth[source] for source, target in RULE_GRAPH if source != target)
-    assert rule_graph_svg(RULE_GRAPH, {"train_round": "2 jobs"}) == rule_graph_svg(RULE_GRAPH, {"train_round": "2 jobs"})
+    assert rule_graph_svg(RULE_GRAPH, {"train_round": "2 jobs"}) == rule_graph_svg(
+        RULE_GRAPH, {"train_round": "2 jobs"}
+    )
 
 
 def test_rule_graph_matches_snakemakes_own(tiny_run):

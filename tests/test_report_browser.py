@@ -12,7 +12,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from report_inputs import ORGAN_CONFIG, TEST_CASES, fabricate_report, shared_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,8 +19,15 @@ SCREENSHOT = REPO / "test-artifacts" / "report.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Offline and quiet: no network services, no first-run or sync machinery, no GPU on CI machines.
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
 ]
 
 pytestmark = pytest.mark.skipif(

@@ -2,11 +2,19 @@
 
 import pytest
 import yaml
-
 from workflow import clone_run, jobs_run, planned_jobs, snakemake
 
 DATA_STAGES = {"download_case", "inspect_case", "select_cases", "preprocess_case"}
-FROM_TRAINING = {"train_round", "select_model", "predict_case", "score_case", "aggregate_scores", "render_report"}
+FROM_TRAINING = {
+    "train_round",
+    "plot_curves",
+    "select_model",
+    "predict_case",
+    "score_case",
+    "aggregate_scores",
+    "render_report",
+}
+FROM_PREDICTION = {"predict_case", "score_case", "aggregate_scores", "render_report"}
 
 
 def with_overrides(workdir, name, overrides):
@@ -73,3 +81,28 @@ def test_adding_a_case_downloads_and_inspects_only_that_case(run_copy):
     jobs = plan(run_copy, overrides)
     assert jobs["download_case"] == 1 and jobs["inspect_case"] == 1
     assert "preprocess_case" not in jobs  # decided after the checkpoint reruns; preprocessing keeps its outputs
+
+
+def edit_module(workdir, name):
+    module = workdir / "workflow_scripts" / "segflow" / f"{name}.py"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    return set(plan(workdir)) - {"all"}
+
+
+def test_editing_the_way_back_reruns_only_prediction_onward(run_copy):
+    assert edit_module(run_copy, "restore") == FROM_PREDICTION
+
+
+def test_editing_curve_drawing_retrains_and_rescores_nothing(run_copy):
+    assert edit_module(run_copy, "curves") == {"plot_curves", "render_report"}
+
+
+def test_editing_checkpoint_loading_preprocesses_nothing(run_copy):
+    jobs = edit_module(run_copy, "checkpoints")
+    assert not jobs & DATA_STAGES
+    assert jobs == FROM_TRAINING  # train_round saves checkpoints with it, select_model and predict_case load them
+
+
+def test_editing_the_forward_chain_reruns_preprocessing_onward(run_copy):
+    jobs = edit_module(run_copy, "preprocess")
+    assert jobs == {"preprocess_case"} | FROM_TRAINING  # no download, inspection or selection

@@ -72,7 +72,8 @@ def test_summary_line_counts_each_reason_with_its_key():
         ([report(c) for c in "abcdef"], {"max_slices": 1},
          ["0 trainval patients", "6 have more than selection.max_slices (1) slices (theirs 80)"]),
         ([report(c) for c in "abcd"], {"test_fraction": 0.9},
-         ["1 trainval patients and 3 test cases", "selection.test_fraction (0.9) puts 3 of the 4 selected patients in test",
+         ["1 trainval patients and 3 test cases",
+          "selection.test_fraction (0.9) puts 3 of the 4 selected patients in test",
           "change selection.test_fraction"]),
         ([report(c) for c in "ab"], {},  # a case range that is too narrow
          ["1 trainval patients and 1 test cases left of 2 cases", "add cases (dataset.cases, dataset.n_cases)"]),

@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from workflow import REPO, copy_workflow
 
 from segflow.selection import FIGURE_COLUMNS, FIRST_COLUMNS, split_patients, write_selection
 from segflow.sources import list_cases
-from workflow import REPO, copy_workflow
 
 N_CASES = 489
 # The documented ceiling (docs/slurm.md, "489 cases"): sbatch submissions for the whole kits23 preset with
@@ -121,7 +121,9 @@ def test_whole_kits23_plan_stays_under_the_submission_ceiling(first_plan, after_
     sizes = group_sizes(REPO / "profiles/slurm")
     assert set(later["local"]) == {"aggregate_scores", "render_report", "all"}  # nothing before the checkpoint
     check_groups(later["submitted"], "preprocess", {"preprocess_case"}, N_CASES, sizes["preprocess"])
-    predict = check_groups(later["submitted"], "predict", {"predict_case", "score_case"}, splits["test"], sizes["predict"])
+    predict = check_groups(
+        later["submitted"], "predict", {"predict_case", "score_case"}, splits["test"], sizes["predict"]
+    )
     assert all(unit["resources"]["gpu"] == 1 for unit in predict)  # one GPU per group job, cases one after another
     single = Counter(rule for unit in later["submitted"] if unit["group"] is None for rule in unit["rules"])
     assert single == {"train_round": 3, "select_model": 1}
@@ -141,7 +143,8 @@ def test_compute_nodes_with_internet_switch_submits_downloads_in_the_inspect_gro
     profile.mkdir()
     text = (REPO / "profiles/slurm/config.yaml").read_text()
     switched = text.replace("  # download_case: inspect", "  download_case: inspect").replace(
-        "    # group_slot: 1           # <- with the download_case group", "    group_slot: 1           # with the group"
+        "    # group_slot: 1           # <- with the download_case group",
+        "    group_slot: 1           # with the group",
     )
     assert switched.count("download_case: inspect") == 1 and switched != text
     (profile / "config.yaml").write_text(switched)

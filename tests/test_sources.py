@@ -2,14 +2,14 @@
 
 import csv
 import os
-from pathlib import Path
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-
 from http_server import FaultServer
+
 from segflow.download import file_sha256
 from segflow.io import save_nifti
 from segflow.sources import SourceError, import_case, list_cases, select_ids
@@ -460,7 +460,6 @@ def test_uwmgi_bad_rle_is_reported(tmp_path):
         import_case({"source": "uwmgi", "path": str(root)}, "case1_day0", *outputs(tmp_path, "case1_day0"), 0)
 
 
-
 # --- what an import reads: inputs and identities (docs/data_sources.md, "Reimports") ------------------------------
 
 
@@ -476,11 +475,14 @@ def test_local_inputs_are_the_case_files_and_a_replacement_changes_only_its_case
     from segflow.sources import case_inputs
 
     for case in ("case_a", "case_b"):
-        write_pair(tmp_path / "data" / case / "imaging.nii.gz", tmp_path / "data" / case / "segmentation.nii.gz", *fabricate())
+        write_pair(
+            tmp_path / "data" / case / "imaging.nii.gz", tmp_path / "data" / case / "segmentation.nii.gz", *fabricate()
+        )
     dataset = {"source": "local", "path": str(tmp_path / "data")}
     before = case_inputs(dataset, ["case_a", "case_b"])
     assert before["case_a"].files == (
-        str(tmp_path / "data/case_a/imaging.nii.gz"), str(tmp_path / "data/case_a/segmentation.nii.gz"),
+        str(tmp_path / "data/case_a/imaging.nii.gz"),
+        str(tmp_path / "data/case_a/segmentation.nii.gz"),
     )
     seg = tmp_path / "data/case_b/segmentation.nii.gz"
     os.utime(seg)  # a touch (Snakemake touches the hard-linked copy in raw/) is no change
@@ -535,12 +537,18 @@ def test_png_pairs_and_uwmgi_inputs(tmp_path):
     dataset = {"source": "png_pairs", "path": str(root), "group_pattern": r"(?P<case>p\d)_s(?P<slice>\d)"}
     inputs = case_inputs(dataset, ["p1", "p2"])
     assert sorted(Path(f).relative_to(root).as_posix() for f in inputs["p1"].files) == [
-        "images/p1_s1.png", "images/p1_s2.png", "masks/p1_s1.png", "masks/p1_s2.png"
+        "images/p1_s1.png",
+        "images/p1_s2.png",
+        "masks/p1_s1.png",
+        "masks/p1_s2.png",
     ]
 
     uw = tmp_path / "uw"
     for case in ("case1_day1", "case2_day1"):
-        write_png(uw / "train" / case.split("_")[0] / case / "scans" / "slice_0001_4_4_1.50_1.50.png", np.ones((4, 4), np.uint16))
+        write_png(
+            uw / "train" / case.split("_")[0] / case / "scans" / "slice_0001_4_4_1.50_1.50.png",
+            np.ones((4, 4), np.uint16),
+        )
     table = "id,class,segmentation\ncase1_day1_slice_0001,stomach,1 2\ncase2_day1_slice_0001,stomach,3 2\n"
     (uw / "train.csv").write_text(table)
     dataset = {"source": "uwmgi", "path": str(uw)}
@@ -570,7 +578,12 @@ def test_kits_manifest_checksums_stand_in_for_the_base_urls():
         params[host] = {case: case_params(dataset, inputs[case]) for case in base["cases"]}
     one, mirror = params["https://one.example"], params["https://mirror.example"]
     assert one["case_00001"] == mirror["case_00001"]  # both checksums known: the host is not part of the identity
-    assert one["case_00001"] == {"source": "kits23", "label_map": {1: 1}, "identity": {"sha256": {
-        "images/case_00001.nii.gz": "a" * 64, "dataset/case_00001/segmentation.nii.gz": "b" * 64}}}
+    assert one["case_00001"] == {
+        "source": "kits23",
+        "label_map": {1: 1},
+        "identity": {
+            "sha256": {"images/case_00001.nii.gz": "a" * 64, "dataset/case_00001/segmentation.nii.gz": "b" * 64}
+        },
+    }
     assert one["case_00002"] != mirror["case_00002"]  # its segmentation has no checksum: the URLs still count
     os.unlink(handle.name)

@@ -2,25 +2,34 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import config_with_defaults, write_case
-from segflow.data import SliceDataset, build_augmentation, epoch_indices
-from segflow.losses import LOSSES, build_loss
-from segflow.models import MODELS, build_model
-from segflow.predict import predict_slices
-from segflow.preprocess import preprocess_case
-from segflow.train import RoundOutputs, round_split, select_best_round, train_round
 
-PRE = {
-    "format": "npy", "orientation": "RAS", "spacing": None, "crop_foreground": True, "body_threshold": -500,
-    "crop_margin": 1, "window": [-79, 304], "gamma": 1.5, "size": [32, 32],
-}
+from segflow.curves import plot_curves
+from segflow.data import SliceDataset, build_augmentation, epoch_indices
+from segflow.inference import predict_slices
+from segflow.losses import LOSSES, build_loss
+from segflow.model_selection import select_best_round
+from segflow.models import MODELS, build_model
+from segflow.preprocess import preprocess_case
+from segflow.train import RoundOutputs, round_split, train_round
+
+PRE = config_with_defaults({"preprocess": {"crop_margin": 1, "size": [32, 32]}})["preprocess"]
 TRAIN = config_with_defaults(
     {
         "train": {
-            "model": "unet", "channels": [4, 8], "num_res_units": 0, "epochs": 2, "batch_size": 4, "lr": 0.01,
-            "weight_decay": 0.0, "patience": 5, "val_fraction": 0.5, "samples_per_epoch": 8,
-            "foreground_fraction": 0.5, "device": "cpu", "holdout_fraction": 0.0,
+            "model": "unet",
+            "channels": [4, 8],
+            "num_res_units": 0,
+            "epochs": 2,
+            "batch_size": 4,
+            "lr": 0.01,
+            "weight_decay": 0.0,
+            "patience": 5,
+            "val_fraction": 0.5,
+            "samples_per_epoch": 8,
+            "foreground_fraction": 0.5,
+            "device": "cpu",
+            "holdout_fraction": 0.0,
         }
     }
 )["train"]
@@ -107,7 +116,7 @@ def make_cases(tmp_path, n=4):
 
 
 def outputs_in(folder):
-    return RoundOutputs(*(folder / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json", "curves.png"]))
+    return RoundOutputs(*(folder / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json"]))
 
 
 def test_rounds_chain_and_are_reproducible(tmp_path):
@@ -123,7 +132,9 @@ def test_rounds_chain_and_are_reproducible(tmp_path):
     metrics = pd.read_csv(first.metrics)
     assert list(metrics.columns[:6]) == ["round", "epoch", "train_loss", "train_dice", "val_loss", "val_dice"]
     assert {"val_iou", "val_precision", "val_recall", "val_f1", "val_dice_kidney", "lr", "seconds"} <= set(metrics)
-    assert len(metrics) == 2 and first.curves.stat().st_size > 0
+    assert len(metrics) == 2 and not (tmp_path / "r0" / "curves.png").exists()  # the plot_curves rule draws them
+    plot_curves(tmp_path / "curves.png", metrics)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     timing_free = [c for c in metrics.columns if c != "seconds"]
     assert pd.read_csv(again.metrics)[timing_free].equals(metrics[timing_free])
     choice = select_best_round([first.metrics, second.metrics], [first.model_best, second.model_best])
@@ -149,7 +160,8 @@ def test_dataloader_workers_are_deterministic(tmp_path):
 def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
     import logging
 
-    from segflow.train import evaluate_on_holdout, holdout_patients
+    from segflow.model_selection import evaluate_on_holdout
+    from segflow.train import holdout_patients
 
     dirs = make_cases(tmp_path, n=6)
     patients = {c: c for c in dirs}

@@ -3,7 +3,6 @@ uninterrupted run; SIGTERM exits non-zero with the state on disk; a state from a
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from test_train import TRAIN, make_cases, outputs_in
 
 import segflow.train
 from segflow.train import train_round
-from test_train import TRAIN, make_cases, outputs_in
 
 DRIVER = Path(__file__).with_name("train_driver.py")
 SEED = 5
@@ -25,7 +24,9 @@ SEED = 5
 def start_round(tmp_path, dirs, cfg, out):
     """Train round 0 into ``out`` in a child process; return it once its first epoch's state is on disk."""
     args = tmp_path / "args.json"
-    args.write_text(json.dumps({"out": str(out), "cases": {k: str(v) for k, v in dirs.items()}, "train": cfg, "seed": SEED}))
+    args.write_text(
+        json.dumps({"out": str(out), "cases": {k: str(v) for k, v in dirs.items()}, "train": cfg, "seed": SEED})
+    )
     process = subprocess.Popen([sys.executable, str(DRIVER), str(args)], stderr=subprocess.PIPE, text=True)
     state = outputs_in(out).resume_state
     deadline = time.time() + 120
@@ -109,8 +110,9 @@ def test_state_from_another_configuration_is_not_resumed(tmp_path, caplog, monke
 def test_state_built_on_other_preprocessing_is_not_resumed(tmp_path, caplog, monkeypatch):
     """Kill a round, change preprocess.gamma (every case is preprocessed again), rerun: the round starts over
     and ends exactly as a clean run on the new data, instead of resuming from epochs trained on the old data."""
-    from segflow.preprocess import preprocess_case
     from test_train import PRE
+
+    from segflow.preprocess import preprocess_case
 
     dirs = make_cases(tmp_path, n=3)  # gamma 1.5
     out = tmp_path / "round"

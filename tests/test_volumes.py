@@ -11,14 +11,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from helpers import config_with_defaults
+
+from segflow.cases import load_case
 from segflow.config_checks import check_config
 from segflow.io import save_nifti
 from segflow.models import build_model
-from segflow.preflight import ConfigError
 from segflow.predict import predict_case
-from segflow.preprocess import load_case, preprocess_case, restore_labels
+from segflow.preflight import ConfigError
+from segflow.preprocess import preprocess_case
+from segflow.restore import restore_labels
 from segflow.sources.organs import make_organ_phantom
 from segflow.train import RoundOutputs, train_round
 
@@ -77,7 +79,7 @@ def make_volume_cases(tmp_path, n=4, organs=("liver", "spleen", "kidney")):
 
 
 def outputs_in(folder):
-    return RoundOutputs(*(folder / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json", "curves.png"]))
+    return RoundOutputs(*(folder / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json"]))
 
 
 @pytest.mark.parametrize("model", ["vnet", "unet", "dynunet", "segresnet"])
@@ -138,7 +140,10 @@ def test_3d_round_killed_with_sigkill_resumes_to_the_same_weights(tmp_path):
         ({"train": {"dims": 3, "model": "vnet", "patch_size": [32, 32, 32]}}, "preprocess.size"),
         ({"train": {"dims": 3, "model": "vnet"}, "preprocess": {"size": None}}, "train.patch_size needs 3 values"),
         ({"modality": "mri", "selection": {"hu_max": None}}, "selection.hu_min is -1024 HU, but modality is mri"),
-        ({"score": {"labels": {"kidney": 1, "liver": 7}}, "selection": {"labels": [0, 1, 2, 3]}}, "score.labels has values [7]"),
+        (
+            {"score": {"labels": {"kidney": 1, "liver": 7}}, "selection": {"labels": [0, 1, 2, 3]}},
+            "score.labels has values [7]",
+        ),
     ],
 )  # fmt: skip
 def test_impossible_combinations_fail_in_one_line_naming_the_key(overrides, words):

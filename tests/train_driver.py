@@ -14,7 +14,9 @@ from segflow.train import RoundOutputs, train_round  # noqa: E402
 
 
 def main(args: dict) -> None:
-    outputs = RoundOutputs(*(Path(args["out"]) / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json", "curves.png"]))
+    outputs = RoundOutputs(
+        *(Path(args["out"]) / n for n in ["model_best.pt", "model_last.pt", "metrics.csv", "split.json"])
+    )
     dirs = {name: Path(path) for name, path in args["cases"].items()}
     train_round(dirs, {c: c for c in dirs}, 0, args["train"], args["seed"], outputs)
 

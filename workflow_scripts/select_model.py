@@ -5,22 +5,27 @@ import logging
 import shutil
 from pathlib import Path
 
+from segflow.checkpoints import save_ensemble
 from segflow.io import atomic_path, write_json, write_table
 from segflow.logs import run_logged
-from segflow.predict import decide_postprocessing, save_ensemble
+from segflow.model_selection import decide_postprocessing, evaluate_on_holdout, select_best_round
 from segflow.selection import read_selection
-from segflow.train import evaluate_on_holdout, holdout_patients, select_best_round
+from segflow.train import holdout_patients
 
 
 def main(smk):
     cfg = smk.params.train
     table = read_selection(smk.input.selection).set_index("case_id")
     case_dirs = {Path(d).name: Path(d) for d in smk.input.cases}
-    held_out = holdout_patients([table.loc[c, "patient_id"] for c in case_dirs], cfg["holdout_fraction"], smk.params.seed)
+    held_out = holdout_patients(
+        [table.loc[c, "patient_id"] for c in case_dirs], cfg["holdout_fraction"], smk.params.seed
+    )
     holdout_dirs = [d for c, d in sorted(case_dirs.items()) if table.loc[c, "patient_id"] in held_out]
     logging.info("fixed holdout: %s", [d.name for d in holdout_dirs] or "none (train.holdout_fraction is 0)")
     holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads)
-    choice = select_best_round(list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"], cfg["ensemble"])
+    choice = select_best_round(
+        list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"], cfg["ensemble"]
+    )
     logging.info("selected round %d by %s (val loss %.4f)", choice["round"], choice["select_by"], choice["val_loss"])
     if len(choice["ensemble"]) > 1:
         logging.info("ensemble of rounds %s (mean softmax)", choice["ensemble_rounds"])
@@ -33,7 +38,9 @@ def main(smk):
     )
     write_table(smk.output.rounds, choice["table"])
     summary = {k: v for k, v in choice.items() if k != "table"}
-    write_json(smk.output.summary, {**summary, "postprocess": decision["steps"], "postprocess_table": decision["table"]})
+    write_json(
+        smk.output.summary, {**summary, "postprocess": decision["steps"], "postprocess_table": decision["table"]}
+    )
 
 
 run_logged(lambda: main(snakemake), snakemake.log[0], "select_model")  # noqa: F821

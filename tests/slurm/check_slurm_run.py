@@ -24,8 +24,16 @@ import pandas as pd
 import yaml
 
 RULES = {
-    "download_case", "inspect_case", "select_cases", "preprocess_case", "train_round",
-    "select_model", "predict_case", "score_case", "aggregate_scores", "render_report",
+    "download_case",
+    "inspect_case",
+    "select_cases",
+    "preprocess_case",
+    "train_round",
+    "select_model",
+    "predict_case",
+    "score_case",
+    "aggregate_scores",
+    "render_report",
 }
 GPU_RULES = {"train_round", "select_model", "predict_case"}
 LOCAL_RULES = {"download_case", "select_cases", "aggregate_scores", "render_report"}
@@ -39,7 +47,7 @@ def group_members(slurm_log: Path) -> list[tuple[str, str]]:
     each job through srun in a Snakemake of its own, which prints it as a local job and then "Finished jobid"."""
     members, running = [], None
     for line in slurm_log.read_text().splitlines():
-        if (found := re.match(r"^localrule (\w+):$", line)):
+        if found := re.match(r"^localrule (\w+):$", line):
             running = [found.group(1), None]
         elif running and (found := re.match(r"^\s+wildcards: case=(\S+)$", line)):
             running[1] = found.group(1)
@@ -69,14 +77,23 @@ def main(slurm_dir: Path, local_dir: Path) -> None:
     submissions = SUBMITTED.findall(log)  # (Snakemake job, SLURM job id, SLURM log)
     submitted = {int(job_id): Path(log_path) for _, job_id, log_path in submissions}
     # Snakemake's threads for each single job (its header says "threads: N" when N > 1), by SLURM job id.
-    threads_of_job = {job: int(m.group(1)) if (m := re.search(r"^    threads: (\d+)$", block, re.M)) else 1
-                      for job, block in JOB_BLOCK.findall(log)}
+    threads_of_job = {
+        job: int(m.group(1)) if (m := re.search(r"^    threads: (\d+)$", block, re.M)) else 1
+        for job, block in JOB_BLOCK.findall(log)
+    }
     # The SLURM log folder names the rule (rule_<rule>/...) or the group (group_<group>_<rules>/...).
-    unit_of = {job_id: path.relative_to(slurm_dir / ".snakemake/slurm_logs").parts[0] for job_id, path in submitted.items()}
+    unit_of = {
+        job_id: path.relative_to(slurm_dir / ".snakemake/slurm_logs").parts[0] for job_id, path in submitted.items()
+    }
     singles = {job_id: unit.removeprefix("rule_") for job_id, unit in unit_of.items() if unit.startswith("rule_")}
-    assert Counter(singles.values()) == single_jobs, f"jobs run {dict(single_jobs)}, submitted {Counter(singles.values())}"
-    groups = {job_id: next(g for g in group_size if unit.startswith(f"group_{g}_"))
-              for job_id, unit in unit_of.items() if unit.startswith("group_")}
+    assert Counter(singles.values()) == single_jobs, (
+        f"jobs run {dict(single_jobs)}, submitted {Counter(singles.values())}"
+    )
+    groups = {
+        job_id: next(g for g in group_size if unit.startswith(f"group_{g}_"))
+        for job_id, unit in unit_of.items()
+        if unit.startswith("group_")
+    }
     assert len(singles) + len(groups) == len(submitted)
 
     # Each group job ran only its group's rules, at most group-components cases, and every grouped job ran in
@@ -110,7 +127,10 @@ def main(slurm_dir: Path, local_dir: Path) -> None:
         # time (group_slot), so it asks for its largest member's memory and one CPU (no grouped rule has more).
         if job_id in singles:
             rule = singles[job_id]
-            wanted_mb, wanted_cpus = memory_of(rule), threads_of_job[next(j for j, i, _ in submissions if int(i) == job_id)]
+            wanted_mb, wanted_cpus = (
+                memory_of(rule),
+                threads_of_job[next(j for j, i, _ in submissions if int(i) == job_id)],
+            )
             if rule in test_profile["set-threads"]:
                 assert wanted_cpus == test_profile["set-threads"][rule], f"{rule}: {wanted_cpus} threads"
         else:
@@ -126,7 +146,9 @@ def main(slurm_dir: Path, local_dir: Path) -> None:
     slurm_scores = pd.read_csv(slurm_dir / "results/scores/scores.tsv", sep="\t")
     local_scores = pd.read_csv(local_dir / "results/scores/scores.tsv", sep="\t")
     pd.testing.assert_frame_equal(slurm_scores, local_scores, check_exact=False, rtol=0, atol=1e-6)
-    identical = (slurm_dir / "results/scores/scores.tsv").read_bytes() == (local_dir / "results/scores/scores.tsv").read_bytes()
+    identical = (slurm_dir / "results/scores/scores.tsv").read_bytes() == (
+        local_dir / "results/scores/scores.tsv"
+    ).read_bytes()
     print(
         f"{sum(local_jobs.values()) - 1} jobs of {len(LOCAL_RULES)} localrules ran on the submit host; "
         f"{len(submitted)} SLURM jobs (ids {min(submitted)}-{max(submitted)}, all COMPLETED): {len(groups)} group jobs "
@@ -157,7 +179,9 @@ def check_production_profile(slurm_dir: Path) -> None:
             assert resources["mem_mb"] == str(first_attempt), f"profiles/slurm: {rule} mem_mb {resources['mem_mb']}"
         if "runtime" in wanted:
             assert resources["runtime"] == str(wanted["runtime"]), f"profiles/slurm: {rule} runtime {resources}"
-        assert (resources.get("gpu") == "1") == (rule in GPU_RULES), f"profiles/slurm: {rule} gpu {resources.get('gpu')}"
+        assert (resources.get("gpu") == "1") == (rule in GPU_RULES), (
+            f"profiles/slurm: {rule} gpu {resources.get('gpu')}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ Usage: group_retry.py SLURM_RUN_DIR SNAKEMAKE   (after the SLURM run of run_slur
 The predict group holds predict_case and score_case of every test case (the tiny config has two: one group job).
 1. The reference segmentation of one test case is truncated (its modification time kept, so nothing upstream
    reruns) and predict_case is forced for every test case through the test profile (`--forcerun predict_case`,
-   the test cases' score files as targets). That case's score_case fails, so the group job fails; its predict_case, which
-   score_case waits for, has finished in the same group job by then, and the other case's jobs may have too.
+   the test cases' score files as targets). That case's score_case fails, so the group job fails; its predict_case,
+   which score_case waits for, has finished in the same group job by then, and the other case's jobs may have too.
 2. Checked: the failed job has no output; every job that finished inside the failed group job (its SLURM log
    says so) still has its output (keep-incomplete: Snakemake would otherwise delete the outputs of every job of
    a failed group job).
@@ -57,8 +57,9 @@ def main(workdir: Path, snakemake: str) -> None:
     targets = [str(path.relative_to(workdir)) for (rule, _), path in output.items() if rule == "score_case"]
     code, log = run(workdir, snakemake, "retry_failed.log", "--forcerun", "predict_case", "--", *targets)
     assert code != 0, "the run with a truncated segmentation did not fail"
-    failed_job = next(int(job_id) for _, job_id, path in SUBMITTED.findall(log)
-                      if f"case={test_cases[0]}" in Path(path).read_text())
+    failed_job = next(
+        int(job_id) for _, job_id, path in SUBMITTED.findall(log) if f"case={test_cases[0]}" in Path(path).read_text()
+    )
     finished = jobs_run(log)[failed_job]
     assert not output[failing].exists(), f"{failing} failed but has an output"
     assert ("predict_case", test_cases[0]) in finished, f"SLURM job {failed_job} finished only {finished}"
@@ -72,8 +73,10 @@ def main(workdir: Path, snakemake: str) -> None:
     assert rerun == missing and failing in rerun, f"the rerun ran {rerun}, expected the jobs without output {missing}"
     for job, mtime in kept.items():
         assert output[job].stat().st_mtime_ns == mtime, f"{job} was redone"
-    print(f"group retry: {failing} failed in SLURM job {failed_job} after {finished} finished there (kept); "
-          f"the rerun ran exactly {rerun}")
+    print(
+        f"group retry: {failing} failed in SLURM job {failed_job} after {finished} finished there (kept); "
+        f"the rerun ran exactly {rerun}"
+    )
 
 
 if __name__ == "__main__":

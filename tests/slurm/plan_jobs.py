@@ -26,7 +26,8 @@ def plan(dag) -> dict:
     # The decision Snakemake makes under a cluster executor (the dry-run executor would say "local" for all).
     Workflow.local_exec = property(lambda self: False)
     submitted, local = [], Counter()
-    units = {}  # what the scheduler hands to the executor: a group job, or a job in no group (as DAG.get_jobs_or_groups)
+    # What the scheduler hands to the executor: a group job, or a job in no group (as DAG.get_jobs_or_groups).
+    units = {}
     for job in dag.needrun_jobs():
         unit = dag._group.get(job, job)
         units.setdefault(id(unit), unit)

@@ -35,12 +35,16 @@ def check_config(config: dict) -> None:
         if not patch or len(patch) != 3:
             raise ConfigError(f"train.dims is 3: train.patch_size needs 3 values (slices, rows, columns), not {patch}")
         if train["context_slices"] != 1:
-            raise ConfigError("train.context_slices is a 2D option (neighbour slices as channels); set it to 1 with train.dims 3")
+            raise ConfigError(
+                "train.context_slices is a 2D option (neighbour slices as channels); set it to 1 with train.dims 3"
+            )
         if train["hard_slice_boost"] > 0:
             raise ConfigError("train.hard_slice_boost weighs slices, a 2D option; set it to 0 with train.dims 3")
     else:
         if pre["size"] is None:
-            raise ConfigError("preprocess.size is null (keep the grid), which only train.dims 3 supports; give 2 values")
+            raise ConfigError(
+                "preprocess.size is null (keep the grid), which only train.dims 3 supports; give 2 values"
+            )
         if patch and len(patch) != 2:
             raise ConfigError(f"train.patch_size {patch} has 3 values but train.dims is 2; give (rows, columns)")
     if config["modality"] == "mri":
@@ -51,7 +55,9 @@ def check_config(config: dict) -> None:
                     f"selection.{key} to null"
                 )
         if pre["format"] != "npy":
-            raise ConfigError("preprocess.format png stores [0, 1] intensities as 8 bits; modality mri (z-scores) needs npy")
+            raise ConfigError(
+                "preprocess.format png stores [0, 1] intensities as 8 bits; modality mri (z-scores) needs npy"
+            )
     allowed = set(allowed_labels(config))
     unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
     if unknown:

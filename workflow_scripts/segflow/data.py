@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segflow.preprocess import load_case
+from segflow.cases import load_case
 
 
 def context_indices(z: int, n_slices: int, context: int) -> np.ndarray:
@@ -93,7 +93,11 @@ def _labels_per_slice(label_zhw: np.ndarray) -> np.ndarray:
     """(Z, max label) bool: label c + 1 occurs in slice z."""
     top = int(label_zhw.max()) if label_zhw.size else 0
     flat = label_zhw.reshape(label_zhw.shape[0], -1)
-    return np.stack([(flat == c).any(axis=1) for c in range(1, top + 1)], axis=1) if top else np.zeros((len(flat), 0), bool)
+    return (
+        np.stack([(flat == c).any(axis=1) for c in range(1, top + 1)], axis=1)
+        if top
+        else np.zeros((len(flat), 0), bool)
+    )
 
 
 def class_balanced_weights(presence: np.ndarray) -> np.ndarray:
@@ -141,11 +145,17 @@ def build_augmentation(cfg: dict, patch_size=None, foreground_fraction: float = 
         ratios = [max(1.0 - foreground_fraction, 1e-3)] + [max(share, 1e-3)] * (n_classes - 1)
         steps.append(
             RandCropByLabelClassesd(
-                keys=["image", "label"], label_key="label", spatial_size=list(patch_size), ratios=ratios,
-                num_classes=n_classes, num_samples=1, allow_smaller=True, warn=False,
+                keys=["image", "label"],
+                label_key="label",
+                spatial_size=list(patch_size),
+                ratios=ratios,
+                num_classes=n_classes,
+                num_samples=1,
+                allow_smaller=True,
+                warn=False,
             )
         )
-    if not cfg.get("enabled", True):
+    if not cfg["enabled"]:
         return Compose(steps) if steps else None
     return Compose(
         steps

@@ -49,8 +49,10 @@ CT_AIR_BELOW = -200.0
 def modality_problems(lowest: float | None) -> list[str]:
     """For modality mri: a case whose intensities reach down to air in HU is CT, not MRI."""
     if lowest is not None and lowest < CT_AIR_BELOW:
-        return [f"intensities down to {lowest:g} (air in HU: this is CT), but modality is mri; set modality: ct or "
-                "point dataset at MRI"]
+        return [
+            f"intensities down to {lowest:g} (air in HU: this is CT), but modality is mri; set modality: ct or "
+            "point dataset at MRI"
+        ]
     return []
 
 

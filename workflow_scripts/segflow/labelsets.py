@@ -34,7 +34,10 @@ def colours(score_cfg: dict) -> dict[int, str]:
     """{label value: contour colour}: ``score.colours`` by label name, a fixed palette for the others."""
     chosen = score_cfg["colours"]
     names = label_names(score_cfg)
-    return {value: chosen.get(name, FALLBACK_COLOURS[i % len(FALLBACK_COLOURS)]) for i, (value, name) in enumerate(names.items())}
+    return {
+        value: chosen.get(name, FALLBACK_COLOURS[i % len(FALLBACK_COLOURS)])
+        for i, (value, name) in enumerate(names.items())
+    }
 
 
 def headline_column(score_cfg: dict, columns) -> str | None:

@@ -26,7 +26,7 @@ def build_loss(cfg: dict) -> torch.nn.Module:
     from monai import losses
 
     name = cfg["loss"]
-    weights = cfg.get("loss_weights", {})
+    weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
     common = {"to_onehot_y": True, "softmax": True, "include_background": False, "smooth_nr": 1e-5, "smooth_dr": 1e-5}
     # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
@@ -41,7 +41,10 @@ def build_loss(cfg: dict) -> torch.nn.Module:
         return losses.DiceCELoss(**common, lambda_dice=dice_weight, lambda_ce=other_weight)
     if name == "dice_focal":
         return losses.DiceFocalLoss(
-            **common, lambda_dice=dice_weight, lambda_focal=other_weight,
-            gamma=float(cfg.get("focal_gamma", 2.0)), alpha=cfg.get("focal_alpha"),
+            **common,
+            lambda_dice=dice_weight,
+            lambda_focal=other_weight,
+            gamma=float(cfg["focal_gamma"]),
+            alpha=cfg["focal_alpha"],
         )
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")

@@ -443,9 +443,7 @@ def _surfel_measure_table(spacing: tuple[float, ...]) -> np.ndarray:
     normals = _unit_cell_elements(3)  # (256, n, 3): triangle normals, length = area
     s0, s1, s2 = spacing
     # An area vector scales with the cofactors of diag(spacing); products in surface-distance's order.
-    scaled = np.stack(
-        [normals[..., 0] * s1 * s2, normals[..., 1] * s0 * s2, normals[..., 2] * s0 * s1], axis=-1
-    )
+    scaled = np.stack([normals[..., 0] * s1 * s2, normals[..., 1] * s0 * s2, normals[..., 2] * s0 * s1], axis=-1)
     return np.sqrt(np.add.reduce(scaled * scaled, axis=-1)).sum(axis=1)
 
 

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import torch
 
-MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks.MODELS_3D
-# What a checkpoint records to rebuild its network (segflow.train.save_checkpoint writes these from the config).
-MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone", "norm", "context_slices", "dims", "patch_size")
+MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks
+# What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
+MODEL_KEYS = (
+    "model",
+    "channels",
+    "num_res_units",
+    "dropout",
+    "backbone",
+    "norm",
+    "context_slices",
+    "dims",
+    "patch_size",
+)
 NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
 
@@ -44,14 +54,24 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
     norm = NORMS[cfg.get("norm", "batch")]
     if name == "unet":
         return nets.UNet(
-            spatial_dims=2, in_channels=in_channels, out_channels=n_classes, channels=channels, strides=strides,
-            num_res_units=int(cfg.get("num_res_units", 2)), norm=norm, dropout=dropout,
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            channels=channels,
+            strides=strides,
+            num_res_units=int(cfg.get("num_res_units", 2)),
+            norm=norm,
+            dropout=dropout,
         )
     if name == "attention_unet":
         if norm[0] != "batch":
             raise ValueError("train.model attention_unet has batch normalisation only; set train.norm: batch")
         return nets.AttentionUnet(
-            spatial_dims=2, in_channels=in_channels, out_channels=n_classes, channels=channels, strides=strides,
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            channels=channels,
+            strides=strides,
             dropout=dropout,
         )
     if name == "unetpp":
@@ -59,7 +79,11 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
         features = _five_levels(channels) + (channels[0],)
         return FirstOutput(
             nets.BasicUNetPlusPlus(
-                spatial_dims=2, in_channels=in_channels, out_channels=n_classes, features=features, dropout=dropout,
+                spatial_dims=2,
+                in_channels=in_channels,
+                out_channels=n_classes,
+                features=features,
+                dropout=dropout,
                 norm=norm,
             )
         )
@@ -67,16 +91,27 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
         # Weights are never downloaded (pretrained=False): runs offline; use train.init_checkpoint for warm starts.
         decoder = _five_levels(tuple(reversed(channels)))
         return nets.FlexibleUNet(
-            in_channels=in_channels, out_channels=n_classes, backbone=f"efficientnet-{cfg.get('backbone', 'b0')}",
-            pretrained=False, decoder_channels=decoder, spatial_dims=2, dropout=dropout, norm=norm,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            backbone=f"efficientnet-{cfg.get('backbone', 'b0')}",
+            pretrained=False,
+            decoder_channels=decoder,
+            spatial_dims=2,
+            dropout=dropout,
+            norm=norm,
         )
     if name == "segresnet":
         # SegResNet normalises with groups (independent of the batch, like instance norm); train.norm is moot.
         depth = len(channels)
         return nets.SegResNet(
-            spatial_dims=2, init_filters=channels[0], in_channels=in_channels, out_channels=n_classes,
-            blocks_down=(1,) + (2,) * (depth - 2) + (4,), blocks_up=(1,) * (depth - 1),
-            dropout_prob=dropout or None, num_groups=min(8, channels[0]),
+            spatial_dims=2,
+            init_filters=channels[0],
+            in_channels=in_channels,
+            out_channels=n_classes,
+            blocks_down=(1,) + (2,) * (depth - 2) + (4,),
+            blocks_up=(1,) * (depth - 1),
+            dropout_prob=dropout or None,
+            num_groups=min(8, channels[0]),
         )
     raise ValueError(f"unknown train.model {name!r}; choose one of {', '.join(MODELS)}")
 

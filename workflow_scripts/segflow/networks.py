@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 MODELS_3D = ("vnet", "unet", "dynunet", "segresnet")
 
 
@@ -41,31 +40,53 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
     if name == "vnet":
         if channels[0] == 16:
             return nets.VNet(
-                spatial_dims=3, in_channels=in_channels, out_channels=n_classes, dropout_prob_down=dropout,
+                spatial_dims=3,
+                in_channels=in_channels,
+                out_channels=n_classes,
+                dropout_prob_down=dropout,
                 dropout_prob_up=(dropout, dropout),
             )
         return ScaledVNet(in_channels, n_classes, channels[0], dropout)
     if name == "unet":
         return nets.UNet(
-            spatial_dims=3, in_channels=in_channels, out_channels=n_classes, channels=channels,
-            strides=(2,) * (len(channels) - 1), num_res_units=int(cfg.get("num_res_units", 2)), norm=norm,
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=int(cfg.get("num_res_units", 2)),
+            norm=norm,
             dropout=dropout,
         )
     if name == "dynunet":
         levels = len(channels)
         return nets.DynUNet(
-            spatial_dims=3, in_channels=in_channels, out_channels=n_classes, kernel_size=[3] * levels,
-            strides=[1] + [2] * (levels - 1), upsample_kernel_size=[2] * (levels - 1), filters=list(channels),
-            dropout=dropout or None, norm_name=norm, res_block=True,
+            spatial_dims=3,
+            in_channels=in_channels,
+            out_channels=n_classes,
+            kernel_size=[3] * levels,
+            strides=[1] + [2] * (levels - 1),
+            upsample_kernel_size=[2] * (levels - 1),
+            filters=list(channels),
+            dropout=dropout or None,
+            norm_name=norm,
+            res_block=True,
         )
     if name == "segresnet":
         depth = len(channels)
         return nets.SegResNet(
-            spatial_dims=3, init_filters=channels[0], in_channels=in_channels, out_channels=n_classes,
-            blocks_down=(1,) + (2,) * (depth - 2) + (4,), blocks_up=(1,) * (depth - 1),
-            dropout_prob=dropout or None, norm=("GROUP", {"num_groups": min(8, channels[0])}),
+            spatial_dims=3,
+            init_filters=channels[0],
+            in_channels=in_channels,
+            out_channels=n_classes,
+            blocks_down=(1,) + (2,) * (depth - 2) + (4,),
+            blocks_up=(1,) * (depth - 1),
+            dropout_prob=dropout or None,
+            norm=("GROUP", {"num_groups": min(8, channels[0])}),
         )
-    raise ValueError(f"train.model {name!r} is not a 3D model; with train.dims 3 choose vnet, unet, dynunet or segresnet")
+    raise ValueError(
+        f"train.model {name!r} is not a 3D model; with train.dims 3 choose vnet, unet, dynunet or segresnet"
+    )
 
 
 class ScaledVNet(nn.Module):

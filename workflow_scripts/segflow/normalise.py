@@ -28,8 +28,13 @@ def volume_statistics(stored: np.ndarray, scaling, percentiles) -> dict:
     low, high = (float(v) for v in np.percentile(values, list(percentiles)))
     clipped = np.clip(values, low, high)
     mean, std = float(clipped.mean()), float(clipped.std())
-    return {"percentiles": [float(p) for p in percentiles], "low": low, "high": high, "mean": mean,
-            "std": std if std > 1e-6 else 1.0}
+    return {
+        "percentiles": [float(p) for p in percentiles],
+        "low": low,
+        "high": high,
+        "mean": mean,
+        "std": std if std > 1e-6 else 1.0,
+    }
 
 
 def zscore_transform(stats: dict):

@@ -56,14 +56,16 @@ def read_checkpoint(path: str | Path, key: str = "train.init_checkpoint") -> dic
     where = f"{key} {path}"
     if not path.is_file():
         raise ConfigError(
-            f"{where} does not exist; point {key} at a segflow checkpoint (e.g. results/train/best.pt) or set it to null"
+            f"{where} does not exist; point {key} at a segflow checkpoint (e.g. results/train/best.pt) "
+            "or set it to null"
         )
     try:
         with zipfile.ZipFile(path) as archive:
             member = next((n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"), None)
             if member is None:
                 raise ConfigError(
-                    f"{where} is a zip file but not a torch checkpoint (no data.pkl); point {key} at a segflow checkpoint"
+                    f"{where} is a zip file but not a torch checkpoint (no data.pkl); "
+                    f"point {key} at a segflow checkpoint"
                 )
             content = _HeaderUnpickler(io.BytesIO(archive.read(member))).load()
     except zipfile.BadZipFile:

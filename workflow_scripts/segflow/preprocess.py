@@ -1,10 +1,10 @@
-"""Preprocessing of one case into 2D training slices with MONAI, and the exact way back for predictions.
+"""The forward chain of preprocess_case: one raw case into 2D training slices with MONAI.
 
 The chain is the seed's, each step configurable under ``preprocess``: load -> channel first -> orientation (RAS)
 -> foreground crop (the body's bounding box, MONAI's CropForeground) -> optional resampling to a target spacing
 -> intensity window to [0, 1] -> gamma -> in-plane resize (area); labels follow with nearest neighbour. Slices
-run along ``slice_axis`` (axial: the last axis after orientation to RAS). ``seed_transforms`` keeps the seed's
-MONAI dictionary Compose over the whole float volume as the reference that tests and benchmarks compare with.
+run along ``slice_axis`` (axial: the last axis after orientation to RAS). The seed's own MONAI dictionary Compose
+over the whole float volume, the reference this is compared with, lives in tests/seed_chain.py.
 
 ``preprocess_case`` computes the same numbers (to an ulp; labels identically) at about the cost of reading the
 file: it reads the stored integers once, orients them by axis flips and transposes (views), crops before any
@@ -13,89 +13,24 @@ MONAI's ScaleIntensityRange and the seed's power, and resizes chunks of slices w
 file's own memory layout. Labels are resized by gathering the source pixels MONAI's nearest-exact Resize picks.
 docs/preprocessing.md has the figures.
 
-Outputs in the case folder:
-``image.npy`` float32 (Z, H, W) and ``label.npy`` uint8 (Z, H, W) for the NPY format (memory-mappable), or
-``images/slice_NNNN.png`` and ``labels/slice_NNNN.png`` for PNG; ``slices.tsv`` (slice index, labels present,
-foreground fraction) and ``meta.json`` with everything needed to put a prediction back on the original grid.
+The case folder's layout is segflow.cases'; ``meta.json`` holds everything segflow.restore needs to put a
+prediction back on the original grid. Shared geometry: segflow.geometry; the fast NIfTI reader: segflow.nifti_reader.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from segflow.cases import write_slice_index, write_slices
+from segflow.geometry import _chunks, _nearest, plan_grid, to_slices
 from segflow.io import atomic_dir, write_json
+from segflow.nifti_reader import read_voxels
 
 log = logging.getLogger(__name__)
 
-# nibabel's (and meta.json's) world convention; MONAI's Orientation gets the same labels explicitly.
-RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
-SLICE_AXES = {"sagittal": "LR", "coronal": "PA", "axial": "IS"}
-DEFAULTS = {
-    "format": "npy",
-    "orientation": "RAS",
-    "slice_axis": "axial",
-    "spacing": None,
-    "crop_foreground": True,
-    "body_threshold": -500,
-    "crop_margin": 4,
-    "window": [-79, 304],
-    "gamma": 1.5,
-    "size": [256, 256],
-    "png_compress_level": 1,
-}
-# float32 working set per chunk of slices: bounds memory; larger chunks were no faster (benchmarks/preprocess.py)
-CHUNK_BYTES = 64 * 2**20
-
-
 # ---------------------------------------------------------------------------------------------------- geometry
-
-
-def slice_dim(cfg: dict) -> int:
-    """Index of the slicing axis among the oriented axes (the axis whose code is one of SLICE_AXES' letters)."""
-    letters = SLICE_AXES[cfg["slice_axis"]]
-    return next(i for i, code in enumerate(cfg["orientation"]) if code in letters)
-
-
-def plan_grid(affine: np.ndarray, shape, cfg: dict) -> dict:
-    """The orientation step as a nibabel orientation transform (what MONAI's Orientation applies) and its result."""
-    import nibabel as nib
-
-    ornt = nib.orientations
-    transform = ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(cfg["orientation"], RAS_LABELS))
-    oriented_shape = [0, 0, 0]
-    for axis, (new_axis, _) in enumerate(transform):
-        oriented_shape[int(new_axis)] = int(shape[axis])
-    oriented_affine = np.asarray(affine, dtype=np.float64) @ ornt.inv_ornt_aff(transform, shape)
-    k = slice_dim(cfg)
-    return {
-        "transform": transform,
-        "oriented_shape": oriented_shape,
-        "oriented_affine": oriented_affine,
-        "slice_dim": k,
-        "plane_dims": [d for d in range(3) if d != k],
-    }
-
-
-def to_slices(array: np.ndarray, grid: dict) -> np.ndarray:
-    """View of a volume on the oriented grid as (slice, row, column): flips and transposes only, no copy."""
-    import nibabel as nib
-
-    return np.moveaxis(nib.orientations.apply_orientation(array, grid["transform"]), grid["slice_dim"], 0)
-
-
-def from_slices(zhw: np.ndarray, meta: dict) -> np.ndarray:
-    """Inverse of ``to_slices``: a (slice, row, column) stack on the oriented grid back to the file's axis order."""
-    import nibabel as nib
-
-    ornt = nib.orientations
-    oriented = np.moveaxis(zhw, 0, meta["slice_dim"])
-    back = ornt.ornt_transform(
-        ornt.axcodes2ornt(meta["axcodes"], RAS_LABELS), ornt.io_orientation(np.asarray(meta["original_affine"]))
-    )
-    return ornt.apply_orientation(oriented, back)
 
 
 def foreground_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
@@ -149,10 +84,6 @@ def _linear_taps(coords: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np
     return low, np.minimum(low + 1, n - 1), (x - low).astype(np.float32)
 
 
-def _nearest(coords: np.ndarray, n: int) -> np.ndarray:
-    return np.clip(np.rint(coords), 0, n - 1).astype(np.int64)  # grid_sample's nearest rounds half to even too
-
-
 def _resize_index(n_in: int, n_out: int) -> np.ndarray:
     """Source index of each output pixel of MONAI's nearest-exact Resize along one axis (asked of MONAI itself)."""
     from monai.transforms import Resize
@@ -162,73 +93,6 @@ def _resize_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------- intensity
-
-
-def read_voxels(nii) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """The stored voxel values, read and inflated once, and the NIfTI scaling (slope, inter) if not identity.
-
-    Unscaled float64 comes back as float32: the chain works in float32 anyway (MONAI's loader casts), and the
-    volume then takes half the memory from the moment it is read.
-    """
-    proxy = nii.dataobj
-    if not hasattr(proxy, "get_unscaled"):  # an in-memory image
-        return np.asanyarray(proxy), None
-    slope, inter = float(proxy.slope), float(proxy.inter)
-    scaling = None if (slope, inter) == (1.0, 0.0) else (slope, inter)
-    if isinstance(proxy.file_like, (str, Path)) and str(proxy.file_like).endswith(".gz"):
-        narrow = scaling is None and np.dtype(proxy.dtype).kind == "f" and np.dtype(proxy.dtype).itemsize > 4
-        return _inflate_stored(proxy, narrow), scaling
-    return proxy.get_unscaled(), scaling  # uncompressed: nibabel memory-maps it
-
-
-def _inflate_stored(proxy, narrow: bool) -> np.ndarray:
-    """The stored array of a .nii.gz, inflated by zlib straight into its final buffer (float32 if ``narrow``).
-
-    nibabel reads through Python's GzipFile, which (before Python 3.12) has no readinto of its own: the whole
-    volume is inflated into one bytes object and then copied, so reading holds it twice and pays a Python call
-    per 8 KiB of data. This holds it once and calls zlib per 16 MiB.
-    """
-    dtype, count = np.dtype(proxy.dtype), int(np.prod(proxy.shape))
-    pieces = _inflated(proxy.file_like, int(proxy.offset), count * dtype.itemsize)
-    if not narrow:
-        buffer = bytearray(count * dtype.itemsize)
-        at = 0
-        for piece in pieces:
-            buffer[at : at + len(piece)] = piece
-            at += len(piece)
-        return np.ndarray(proxy.shape, dtype=dtype, buffer=buffer, order=proxy.order)
-    flat, at, carry = np.empty(count, dtype=np.float32), 0, b""
-    for piece in pieces:  # pieces need not end on a value boundary: carry the partial value over
-        data = carry + piece
-        whole = len(data) // dtype.itemsize
-        flat[at : at + whole] = np.frombuffer(data, dtype=dtype, count=whole)
-        at, carry = at + whole, data[whole * dtype.itemsize :]
-    return flat.reshape(proxy.shape, order=proxy.order)
-
-
-def _inflated(path, skip: int, size: int, piece: int = 2**24):
-    """Yield the decompressed bytes of a gzip file after its first ``skip`` bytes (the header), ``size`` in all.
-
-    Reads on to the end of the gzip member so that zlib checks its CRC; multi-member files are followed.
-    """
-    import zlib
-
-    left, decompressor = size, zlib.decompressobj(wbits=31)
-    with open(path, "rb") as handle:
-        while not (decompressor.eof and left == 0):
-            if decompressor.eof:  # the next member of a concatenated gzip file
-                data, decompressor = decompressor.unused_data, zlib.decompressobj(wbits=31)
-                data = data or handle.read(piece // 4)
-            else:
-                data = decompressor.unconsumed_tail or handle.read(piece // 4)
-            if not data:
-                raise EOFError(f"{path}: compressed data ends before the image does (truncated file?)")
-            chunk = memoryview(decompressor.decompress(data, piece))
-            dropped = min(skip, len(chunk))
-            taken = min(len(chunk) - dropped, left)
-            skip, left = skip - dropped, left - taken
-            if taken:
-                yield chunk[dropped : dropped + taken]
 
 
 def to_hu(values: np.ndarray, scaling) -> np.ndarray:
@@ -279,12 +143,6 @@ def _unsigned(array: np.ndarray) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------- the stacks
-
-
-def _chunks(n: int, slice_pixels: int):
-    step = max(1, CHUNK_BYTES // (4 * max(1, slice_pixels)))
-    for start in range(0, n, step):
-        yield start, min(n, start + step)
 
 
 def image_stack(plane: np.ndarray, scaling, cfg: dict, resampling: dict | None = None) -> np.ndarray:
@@ -410,7 +268,6 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     """Preprocess one case into ``out_dir`` (written atomically); return its ``meta`` dictionary."""
     import nibabel as nib
 
-    cfg = {**DEFAULTS, **cfg}
     if cfg["format"] not in ("npy", "png"):
         raise ValueError(f"preprocess.format must be npy or png, not {cfg['format']!r}")
     image_nii = nib.load(str(image_path))
@@ -422,8 +279,11 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     hu_zhw = to_slices(stored, grid)
     box = _crop_box(hu_zhw, scaling, cfg)
     resampling = plan_resampling(grid, box, cfg)
+    cfg = dict(cfg)  # the per-case choices below (size, zscore) must not leak into the caller's config
     if cfg["size"] is None:  # keep the (resampled) grid: the volumes of the 3D path (train.dims 3)
-        cfg["size"] = resampling["shape"][1:] if resampling else [box[1].stop - box[1].start, box[2].stop - box[2].start]
+        cfg["size"] = (
+            resampling["shape"][1:] if resampling else [box[1].stop - box[1].start, box[2].stop - box[2].start]
+        )
     if cfg.get("modality") == "mri":  # percentile clipping and z-score per volume instead of the HU window
         from segflow.normalise import volume_statistics
 
@@ -465,8 +325,8 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     if cfg.get("zscore"):  # only for MRI: CT cases' meta.json stays as it was
         meta.update(modality="mri", zscore=cfg["zscore"])
     with atomic_dir(out_dir) as tmp:
-        _write_slices(tmp, image_zhw, label_zhw, cfg["format"], int(cfg["png_compress_level"]))
-        _write_slice_index(tmp / "slices.tsv", label_zhw)
+        write_slices(tmp, image_zhw, label_zhw, cfg["format"], int(cfg["png_compress_level"]))
+        write_slice_index(tmp / "slices.tsv", label_zhw)
         write_json(tmp / "meta.json", meta)
     return meta
 
@@ -483,196 +343,3 @@ def _crop_box(hu_zhw: np.ndarray, scaling, cfg: dict) -> tuple[slice, slice, sli
     rows, cols = foreground_box(to_hu(reduce.reduce(hu_zhw, axis=0), scaling) > threshold, margin)
     (slices,) = foreground_box(to_hu(reduce.reduce(hu_zhw[:, rows, cols], axis=(1, 2)), scaling) > threshold, margin)
     return slices, rows, cols
-
-
-def _write_slices(folder: Path, image_zhw: np.ndarray, label_zhw: np.ndarray, fmt: str, level: int = 1) -> None:
-    if fmt == "npy":
-        np.save(folder / "image.npy", image_zhw)
-        np.save(folder / "label.npy", label_zhw)
-        return
-    write_png_slices(folder, image_zhw, label_zhw, level)
-
-
-def write_png_slices(folder: Path, image_zhw: np.ndarray, label_zhw: np.ndarray, level: int = 6) -> None:
-    """One 8-bit image PNG and one label PNG per slice, as the seed wrote them (PNG is lossless at any level)."""
-    from PIL import Image
-
-    (folder / "images").mkdir()
-    (folder / "labels").mkdir()
-    for index, (image, label) in enumerate(zip(image_zhw, label_zhw)):
-        name = f"slice_{index:04d}.png"
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(folder / "images" / name, compress_level=level)
-        Image.fromarray(label).save(folder / "labels" / name, compress_level=level)
-
-
-def _write_slice_index(path: Path, label_zhw: np.ndarray) -> None:
-    flat = label_zhw.reshape(len(label_zhw), -1)
-    # One pass per label value (a handful), not a np.unique per slice.
-    present = {v: (flat == v).any(axis=1) for v in range(1, int(flat.max(initial=0)) + 1)}
-    fraction = np.count_nonzero(flat, axis=1) / max(1, flat.shape[1])
-    lines = ["slice\tlabels\tforeground_fraction"]
-    for index, share in enumerate(fraction):
-        labels = ",".join(str(v) for v, rows in present.items() if rows[index])
-        lines.append(f"{index}\t{labels}\t{share:.6f}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def load_case(case_dir: str | Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Read a preprocessed case as (image float32 (Z, H, W) in [0, 1], label uint8 (Z, H, W)), either format."""
-    from segflow.io import read_json
-
-    case_dir = Path(case_dir)
-    fmt = read_json(case_dir / "meta.json")["format"]
-    if fmt == "npy":
-        mode = "r" if mmap else None
-        return np.load(case_dir / "image.npy", mmap_mode=mode), np.load(case_dir / "label.npy", mmap_mode=mode)
-    from PIL import Image
-
-    images = sorted((case_dir / "images").glob("slice_*.png"))
-    image = np.stack([np.asarray(Image.open(p), dtype=np.float32) / 255.0 for p in images])
-    label = np.stack([np.asarray(Image.open(case_dir / "labels" / p.name), dtype=np.uint8) for p in images])
-    return image, label
-
-
-# ------------------------------------------------------------------------------------------------ the way back
-
-
-def restore_labels(pred_zhw: np.ndarray, meta: dict) -> np.ndarray:
-    """Map a predicted (Z, H, W) label stack back onto the original voxel grid (the inverse of preprocessing).
-
-    Each voxel of the cropped oriented grid is traced back through resampling (if any) and the resize to a
-    continuous position in the prediction; labels are interpolated there per class (linear in-plane, nearest
-    across slices) and the argmax kept, the per-class resampling nnU-Net uses for segmentations. Then the crop is
-    padded with background and the orientation undone, so the result has the original shape and axis order.
-    """
-    pred = np.asarray(pred_zhw)
-    n_classes = max(int(meta.get("n_classes", 0)), int(pred.max()) + 1)
-    classes = None
-
-    def class_maps(z_index):
-        nonlocal classes
-        import torch
-
-        if classes is None:
-            classes = torch.arange(n_classes, dtype=torch.uint8)[None, :, None, None]
-        return (torch.from_numpy(np.asarray(pred[z_index], dtype=np.uint8))[:, None] == classes).float()
-
-    return _restore(class_maps, pred.shape, n_classes, meta)
-
-
-def restore_probabilities(prob_zchw: np.ndarray, meta: dict) -> np.ndarray:
-    """Labels on the original grid from a (Z, C, H, W) class-probability stack: the probabilities are resampled
-    to every original voxel (bilinear in-plane, nearest across slices) and the argmax taken there, nnU-Net's
-    export. Boundaries then fall between the network's pixels rather than on them."""
-    prob = np.asarray(prob_zchw)
-
-    def class_maps(z_index):
-        import torch
-
-        return torch.from_numpy(np.asarray(prob[z_index], dtype=np.float32))
-
-    return _restore(class_maps, (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta)
-
-
-def _restore(class_maps, zhw_shape, n_classes: int, meta: dict) -> np.ndarray:
-    """The way back shared by labels and probabilities: trace every cropped voxel to the prediction grid, sample
-    the class maps there and take the argmax, then pad the crop with background and undo the orientation."""
-    cropped_shape = meta["cropped_shape"]
-    resampling = meta.get("resampling")
-    if resampling:
-        grid_shape, scale, offset = resampling["shape"], resampling["scale"], resampling["offset"]
-    else:
-        grid_shape, scale, offset = cropped_shape, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]
-    # Cropped voxel i sits at (i - offset) / scale on the resampled grid, and resampled pixel y sits at
-    # (y + 0.5) * size / n - 0.5 in the resized slice (pixel centres, as area and nearest-exact resize map them).
-    at = [(np.arange(n) - o) / s for n, s, o in zip(cropped_shape, scale, offset)]
-    z_index = _nearest(at[0], zhw_shape[0])
-    rows, cols = [(at[axis] + 0.5) * zhw_shape[axis] / grid_shape[axis] - 0.5 for axis in (1, 2)]
-    cropped = _interpolate_classes(class_maps, zhw_shape[1:], z_index, rows, cols, n_classes)
-
-    oriented = meta["oriented_shape"]
-    zhw = np.zeros([oriented[meta["slice_dim"]], *(oriented[d] for d in meta["plane_dims"])], dtype=np.uint8)
-    zhw[tuple(slice(*cut) for cut in meta["crop_box"])] = cropped
-    restored = from_slices(zhw, meta)
-    if list(restored.shape) != list(meta["original_shape"]):
-        raise RuntimeError(f"restored shape {list(restored.shape)} != original {meta['original_shape']}")
-    return np.ascontiguousarray(restored)
-
-
-def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes: int) -> np.ndarray:
-    """Slices ``z_index`` of per-class maps (``class_maps(z) -> (n, C, H, W)`` float tensor) sampled bilinearly
-    at (rows x cols), argmax per voxel.
-
-    grid_sample with border padding samples exactly like the forward resize's pixel-centre geometry, at any
-    positions; chunks of slices bound the memory (one float per class per output voxel of the chunk).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    # Normalised coordinates (align_corners=False): pixel p of n sits at (2p + 1) / n - 1; grid order is (x, y).
-    y, x = [torch.from_numpy((2 * c + 1) / n - 1).float() for c, n in ((rows, plane_shape[0]), (cols, plane_shape[1]))]
-    grid = torch.stack(torch.meshgrid(y, x, indexing="ij")[::-1], dim=-1)
-    out = np.empty((len(z_index), len(rows), len(cols)), dtype=np.uint8)
-    per_slice = n_classes * (len(rows) * len(cols) + plane_shape[0] * plane_shape[1])
-    for z0, z1 in _chunks(len(z_index), per_slice):
-        maps = class_maps(z_index[z0:z1])
-        grid_z = grid.expand(z1 - z0, *grid.shape)
-        probability = F.grid_sample(maps, grid_z, mode="bilinear", padding_mode="border", align_corners=False)
-        out[z0:z1] = probability.max(dim=1).indices.numpy()  # first maximum on ties, like argmax (10x faster)
-    return out
-
-
-# ------------------------------------------------------------------------------------------- the seed's chain
-
-
-def seed_transforms(cfg: dict):
-    """The seed's MONAI dictionary chain over the whole volume, kept as the reference for tests and benchmarks."""
-    from monai.transforms import (
-        Compose,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        Lambdad,
-        LoadImaged,
-        Orientationd,
-        Resized,
-        ScaleIntensityRanged,
-    )
-
-    cfg = {**DEFAULTS, **cfg}
-    low, high = cfg["window"]
-    gamma, threshold = float(cfg["gamma"]), float(cfg["body_threshold"])
-    spatial_size = [-1, -1, -1]
-    for dim, n in zip([d for d in range(3) if d != slice_dim(cfg)], cfg["size"]):
-        spatial_size[dim] = int(n)
-    keys = ["image", "label"]
-    steps = [
-        LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
-        EnsureChannelFirstd(keys=keys),
-        Orientationd(keys=keys, axcodes=cfg["orientation"], labels=RAS_LABELS),
-    ]
-    if cfg["crop_foreground"]:
-        steps.append(
-            CropForegroundd(
-                keys=keys,
-                source_key="image",
-                select_fn=lambda x: x > threshold,
-                margin=int(cfg["crop_margin"]),
-                allow_smaller=True,
-            )
-        )
-    steps += [
-        ScaleIntensityRanged(keys="image", a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
-        Lambdad(keys="image", func=lambda x: x**gamma),
-        Resized(keys=keys, spatial_size=spatial_size, mode=("area", "nearest-exact")),
-    ]
-    return Compose(steps)
-
-
-def seed_preprocess(image_path, label_path, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(image float32 (Z, H, W), label uint8 (Z, H, W)) through ``seed_transforms``."""
-    cfg = {**DEFAULTS, **cfg}
-    data = seed_transforms(cfg)({"image": str(image_path), "label": str(label_path)})
-    k = slice_dim(cfg)
-    image = np.moveaxis(np.asarray(data["image"][0], dtype=np.float32), k, 0)
-    label = np.moveaxis(np.asarray(data["label"][0]), k, 0).round().astype(np.uint8)
-    return np.ascontiguousarray(image), np.ascontiguousarray(label)

@@ -31,8 +31,13 @@ RANKING_COLUMN = "dice_kidney_and_masses"
 # Versions shown in the run summary, read in the report job's own environment (python comes from platform).
 PACKAGES = ("torch", "monai", "numpy", "nibabel", "snakemake", "pandas", "matplotlib")
 METRIC_TITLES = {
-    "dice": "Dice", "sd": "surface Dice", "hd95": "HD95 (mm)", "iou": "IoU",
-    "precision": "precision", "recall": "recall", "f1": "F1",
+    "dice": "Dice",
+    "sd": "surface Dice",
+    "hd95": "HD95 (mm)",
+    "iou": "IoU",
+    "precision": "precision",
+    "recall": "recall",
+    "f1": "F1",
 }
 KITS_METRICS = ("dice", "sd", "hd95")  # what KiTS23 ranks on (Dice, surface Dice), plus HD95
 
@@ -41,14 +46,32 @@ KITS_METRICS = ("dice", "sd", "hd95")  # what KiTS23 ranks on (Dice, surface Dic
 # its own workflow without lock and recursion trouble, and graphviz would become a dependency. The edges into
 # render_report from inspect_case, preprocess_case and score_case are their benchmark files (wall-time table).
 RULE_GRAPH = [
-    ("download_case", "inspect_case"), ("download_case", "preprocess_case"), ("inspect_case", "select_cases"),
-    ("select_cases", "train_round"), ("preprocess_case", "train_round"), ("train_round", "train_round"),
-    ("train_round", "select_model"), ("select_cases", "select_model"), ("preprocess_case", "select_model"),
-    ("select_model", "predict_case"), ("preprocess_case", "predict_case"), ("download_case", "predict_case"),
-    ("predict_case", "score_case"), ("download_case", "score_case"), ("score_case", "aggregate_scores"),
-    ("aggregate_scores", "render_report"), ("select_model", "render_report"), ("train_round", "render_report"),
-    ("predict_case", "render_report"), ("select_cases", "render_report"), ("download_case", "render_report"),
-    ("inspect_case", "render_report"), ("preprocess_case", "render_report"), ("score_case", "render_report"),
+    ("download_case", "inspect_case"),
+    ("download_case", "preprocess_case"),
+    ("inspect_case", "select_cases"),
+    ("select_cases", "train_round"),
+    ("preprocess_case", "train_round"),
+    ("train_round", "train_round"),
+    ("train_round", "select_model"),
+    ("train_round", "plot_curves"),
+    ("plot_curves", "render_report"),
+    ("select_cases", "select_model"),
+    ("preprocess_case", "select_model"),
+    ("select_model", "predict_case"),
+    ("preprocess_case", "predict_case"),
+    ("download_case", "predict_case"),
+    ("predict_case", "score_case"),
+    ("download_case", "score_case"),
+    ("score_case", "aggregate_scores"),
+    ("aggregate_scores", "render_report"),
+    ("select_model", "render_report"),
+    ("train_round", "render_report"),
+    ("predict_case", "render_report"),
+    ("select_cases", "render_report"),
+    ("download_case", "render_report"),
+    ("inspect_case", "render_report"),
+    ("preprocess_case", "render_report"),
+    ("score_case", "render_report"),
 ]
 
 
@@ -115,8 +138,10 @@ def headline(run: Run) -> str:
     column = headline_column(run.config["score"], run.summary["metrics"]) or RANKING_COLUMN
     stats = run.summary["metrics"].get(column, {})
     dice = f", mean Dice {column.removeprefix('dice_')} {stats['mean']:.4f}" if stats.get("mean") is not None else ""
-    return (f"{run.config['dataset']['source']} data, {run.summary['n_cases']} test cases, "
-            f"model of round {run.best['round']}{dice}")
+    return (
+        f"{run.config['dataset']['source']} data, {run.summary['n_cases']} test cases, "
+        f"model of round {run.best['round']}{dice}"
+    )
 
 
 # --- run summary ----------------------------------------------------------------------------------------------------
@@ -151,14 +176,18 @@ def dataset_line(dataset: dict) -> str:
 def cases_line(run: Run) -> str:
     splits = run.selection.loc[run.selected, "split"].value_counts()
     n_left_out = int((~run.selected).sum())
-    return (f"{len(run.selection)} found, {int(run.selected.sum())} selected ({splits.get('trainval', 0)} for "
-            f"training and validation, {splits.get('test', 0)} for testing), {n_left_out} left out"
-            + (" (reasons below)" if n_left_out else ""))
+    return (
+        f"{len(run.selection)} found, {int(run.selected.sum())} selected ({splits.get('trainval', 0)} for "
+        f"training and validation, {splits.get('test', 0)} for testing), {n_left_out} left out"
+        + (" (reasons below)" if n_left_out else "")
+    )
 
 
 def model_line(train: dict) -> str:
-    return (f"{train['model']}, {train['loss']} loss, {train['rounds']} rounds of up to {train['epochs']} epochs, "
-            f"batch {train['batch_size']}, learning rate {train['lr']:g}")
+    return (
+        f"{train['model']}, {train['loss']} loss, {train['rounds']} rounds of up to {train['epochs']} epochs, "
+        f"batch {train['batch_size']}, learning rate {train['lr']:g}"
+    )
 
 
 def chosen_line(best: dict) -> str:
@@ -186,8 +215,10 @@ def wall_time_line(timings: pd.DataFrame) -> str:
     if timings.empty:
         return "no benchmark files"
     total = timings["total_s"].sum()
-    return (f"{total:.0f} s ({total / 60:.1f} min) summed over {int(timings['jobs'].sum())} jobs; jobs run in "
-            f"parallel take less elapsed time. The report job itself is not included.")
+    return (
+        f"{total:.0f} s ({total / 60:.1f} min) summed over {int(timings['jobs'].sum())} jobs; jobs run in "
+        f"parallel take less elapsed time. The report job itself is not included."
+    )
 
 
 def package_versions() -> dict[str, str]:
@@ -242,12 +273,14 @@ def rule_timings(benchmarks: list[Path]) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=columns)
     grouped = pd.DataFrame(rows).groupby("rule", sort=False)["s"]
-    table = pd.DataFrame({"jobs": grouped.size(), "total_s": grouped.sum(), "mean_s": grouped.mean(),
-                          "max_s": grouped.max()}).reset_index()
+    table = pd.DataFrame(
+        {"jobs": grouped.size(), "total_s": grouped.sum(), "mean_s": grouped.mean(), "max_s": grouped.max()}
+    ).reset_index()
     table["share_%"] = 100 * table["total_s"] / table["total_s"].sum()
     order = {rule: i for i, rule in enumerate(report_figures.layer_order(RULE_GRAPH))}
     return table.sort_values("rule", key=lambda r: r.map(lambda name: order.get(name, len(order)))).reset_index(
-        drop=True)[columns]
+        drop=True
+    )[columns]
 
 
 def timings_table(timings: pd.DataFrame) -> str:
@@ -284,8 +317,10 @@ def selection_section(run: Run) -> str:
     selection = run.config["selection"]
     hu = [f"{selection[k]:g}" if selection[k] is not None else "none" for k in ("hu_min", "hu_max")]
     hu_words = "" if hu == ["none", "none"] else f" and their HU range lies within [{hu[0]}, {hu[1]}]"
-    intro = (f"<p>Cases are kept when their slice count is at most {selection['max_slices']}{hu_words}; "
-             f"unreadable or inconsistent cases are left out with the problem found. Left-out rows are shaded.</p>")
+    intro = (
+        f"<p>Cases are kept when their slice count is at most {selection['max_slices']}{hu_words}; "
+        f"unreadable or inconsistent cases are left out with the problem found. Left-out rows are shaded.</p>"
+    )
     left_out = set(np.flatnonzero(~run.selected.to_numpy()))
     table = html_table(run.selection, row_class=lambda i: "left-out" if i in left_out else "")
     return intro + f"<div class='scroll'>{table}</div>"
@@ -301,14 +336,20 @@ def training_section(run: Run) -> str:
     best_epoch = _best_epoch(rounds, chosen)
     combined = report_figures.training_curves_png(metrics, chosen, best_epoch)
     parts = [
-        figure(combined, "training curves of every round",
-               f"Every round on one axis; round {chosen} (shaded) was chosen, and its model from epoch "
-               f"{best_epoch} (star) is the one tested."),
+        figure(
+            combined,
+            "training curves of every round",
+            f"Every round on one axis; round {chosen} (shaded) was chosen, and its model from epoch "
+            f"{best_epoch} (star) is the one tested.",
+        ),
         "<h3>Rounds</h3>",
-        html_table(rounds.drop(columns=["checkpoint"], errors="ignore"),
-                   row_class=lambda i: "chosen" if int(rounds["round"].iloc[i]) == chosen else ""),
+        html_table(
+            rounds.drop(columns=["checkpoint"], errors="ignore"),
+            row_class=lambda i: "chosen" if int(rounds["round"].iloc[i]) == chosen else "",
+        ),
         "<h3>Curves per round</h3>",
-        "<div class='grid'>" + "".join(_round_figure(p, m, chosen) for p, m in zip(run.inputs.round_curves, metrics))
+        "<div class='grid'>"
+        + "".join(_round_figure(p, m, chosen) for p, m in zip(run.inputs.round_curves, metrics))
         + "</div>",
     ]
     return "\n".join(parts)
@@ -322,10 +363,16 @@ def _best_epoch(rounds: pd.DataFrame, chosen: int) -> int | None:
 def _round_figure(curve_path: Path, metrics: pd.DataFrame, chosen: int) -> str:
     index = int(metrics["round"].iloc[0])
     title = f"round {index}" + (" (chosen)" if index == chosen else "")
-    epochs = details("metrics per epoch", html_table(metrics, formats={c: "{:.4f}" for c in metrics.columns
-                                                                       if metrics[c].dtype.kind == "f"}))
-    return figure(Path(curve_path).read_bytes(), f"training curves of {title}", title + epochs,
-                  css_class="round chosen" if index == chosen else "round")
+    epochs = details(
+        "metrics per epoch",
+        html_table(metrics, formats={c: "{:.4f}" for c in metrics.columns if metrics[c].dtype.kind == "f"}),
+    )
+    return figure(
+        Path(curve_path).read_bytes(),
+        f"training curves of {title}",
+        title + epochs,
+        css_class="round chosen" if index == chosen else "round",
+    )
 
 
 # --- scores ---------------------------------------------------------------------------------------------------------
@@ -335,7 +382,10 @@ def scores_section(run: Run) -> str:
     seed_note = (
         "<p class='note'>The seed's figures are mean test Dice on real KiTS23 CT. This run's are from its own data "
         f"({esc(run.config['dataset']['source'])}); they are different data, shown side by side for orientation "
-        "only, not as a comparison of methods.</p>" if run.config["score"]["seed_dice"] else "")
+        "only, not as a comparison of methods.</p>"
+        if run.config["score"]["seed_dice"]
+        else ""
+    )
     parts = [
         "<h3>Regions and labels</h3>",
         kits_table(run),
@@ -346,8 +396,10 @@ def scores_section(run: Run) -> str:
         "<p class='note'>Click a column heading to sort (again to reverse). &ndash; marks an undefined HD95 "
         "(exactly one of prediction and reference empty).</p>",
         f"<div class='scroll'>{case_table(run.scores, KITS_METRICS, 'scores-kits')}</div>",
-        details("All metrics per test case",
-                f"<div class='scroll'>{case_table(run.scores, METRIC_ORDER, 'scores-all')}</div>"),
+        details(
+            "All metrics per test case",
+            f"<div class='scroll'>{case_table(run.scores, METRIC_ORDER, 'scores-all')}</div>",
+        ),
     ]
     return "\n".join(parts)
 
@@ -409,8 +461,9 @@ def all_names_table(run: Run) -> str:
         else:
             kind, values = "label", [labels.get(name, "?")]
         row = {"name": name, "kind": kind, "labels": "+".join(str(v) for v in values)}
-        row.update({METRIC_TITLES[m]: _mean_std(stats[m], m, run.summary["n_cases"]) for m in METRIC_ORDER
-                    if m in stats})
+        row.update(
+            {METRIC_TITLES[m]: _mean_std(stats[m], m, run.summary["n_cases"]) for m in METRIC_ORDER if m in stats}
+        )
         rows.append(row)
     return f"<div class='scroll'>{html_table(pd.DataFrame(rows), css_class='data nowrap')}</div>"
 
@@ -429,13 +482,14 @@ def case_table(scores: pd.DataFrame, metrics: tuple[str, ...], table_id: str) ->
     groups = [(m, columns) for m, columns in groups if columns]
     columns = ["case_id"] + [c for _, cs in groups for c in cs]
     top = "<th rowspan='2' data-column='0' aria-sort='none'>case</th>" + "".join(
-        f"<th colspan='{len(cs)}' class='group'>{esc(METRIC_TITLES.get(m, m))}</th>" for m, cs in groups)
-    bottom = "".join(f"<th data-column='{i}' aria-sort='none'>{esc(split_column(c)[1])}</th>"
-                     for i, c in enumerate(columns) if i > 0)
+        f"<th colspan='{len(cs)}' class='group'>{esc(METRIC_TITLES.get(m, m))}</th>" for m, cs in groups
+    )
+    bottom = "".join(
+        f"<th data-column='{i}' aria-sort='none'>{esc(split_column(c)[1])}</th>" for i, c in enumerate(columns) if i > 0
+    )
     formats = {c: "{:.2f}" if c.startswith("hd95_") else "{:.4f}" for c in columns[1:]}
     body = _table_body(scores[columns], formats)
-    return (f"<table id='{table_id}' class='data sortable'><thead><tr>{top}</tr><tr>{bottom}</tr></thead>"
-            f"{body}</table>")
+    return f"<table id='{table_id}' class='data sortable'><thead><tr>{top}</tr><tr>{bottom}</tr></thead>{body}</table>"
 
 
 # --- overlays -------------------------------------------------------------------------------------------------------
@@ -463,9 +517,11 @@ def overlays_section(run: Run) -> str:
     dice = dict(zip(run.scores["case_id"], run.scores[column]))
     names, palette = label_names(run.config["score"]), colours(run.config["score"])
     legend = ", ".join(f"<span style='color:{esc(palette[v])}'>&#9632;</span> {esc(n)}" for v, n in names.items())
-    intro = (f"<p>The best, median and worst test case by {esc(column)}; axial and coronal planes through the "
-             "largest extent of the reference, radiological view (patient right on the left). Each label in its "
-             f"colour ({legend}); reference solid and thick, prediction dashed and thin.</p>")
+    intro = (
+        f"<p>The best, median and worst test case by {esc(column)}; axial and coronal planes through the "
+        "largest extent of the reference, radiological view (patient right on the left). Each label in its "
+        f"colour ({legend}); reference solid and thick, prediction dashed and thin.</p>"
+    )
     figures = []
     ct = run.config["modality"] == "ct"
     for label, case_id in pick_cases(run.scores, column).items():
@@ -486,8 +542,9 @@ def esc(value) -> str:
 def figure(data: bytes, alt: str, caption: str, mime: str = "image/png", css_class: str = "") -> str:
     """An embedded image with a caption; ``caption`` is HTML."""
     source = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-    return (f"<figure class='{css_class}'><img alt='{esc(alt)}' src='{source}'>"
-            f"<figcaption>{caption}</figcaption></figure>")
+    return (
+        f"<figure class='{css_class}'><img alt='{esc(alt)}' src='{source}'><figcaption>{caption}</figcaption></figure>"
+    )
 
 
 def details(summary: str, body: str) -> str:
@@ -579,7 +636,8 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: 
 main { max-width: 1120px; margin: 0 auto; padding: 1.5em 1.5em 4em; }
 header { background: #24364f; color: #fff; padding: 1.2em 1.5em; }
 header h1 { margin: 0; font-size: 1.6em; } header p { margin: 0.3em 0 0; color: #cfd8e6; }
-nav { background: #eef3fb; padding: 0.5em 1.5em; position: sticky; top: 0; z-index: 1; border-bottom: 1px solid #cdd8ea; }
+nav { background: #eef3fb; padding: 0.5em 1.5em; position: sticky; top: 0; z-index: 1;
+      border-bottom: 1px solid #cdd8ea; }
 nav a { margin-right: 1.2em; color: #24364f; text-decoration: none; } nav a:hover { text-decoration: underline; }
 h2 { border-bottom: 2px solid #24364f; padding-bottom: 0.2em; margin-top: 2em; }
 h3 { margin: 1.4em 0 0.4em; font-size: 1.05em; }
@@ -589,7 +647,8 @@ thead th { background: #eef3fb; } tbody tr:nth-child(even) { background: #f8f9fb
 td.num { text-align: right; font-variant-numeric: tabular-nums; } td.na { text-align: center; color: #999; }
 table.kv th { background: #f1f3f6; white-space: nowrap; } table.kv td { max-width: 900px; }
 table.kits td:last-child, table.kits th:last-child { background: #fff6e0; }
-tr.left-out { background: #fdecea !important; color: #7a2a22; } tr.chosen { background: #e3f3e3 !important; font-weight: 600; }
+tr.left-out { background: #fdecea !important; color: #7a2a22; }
+tr.chosen { background: #e3f3e3 !important; font-weight: 600; }
 table.sortable th[data-column] { cursor: pointer; user-select: none; white-space: nowrap; }
 table.sortable th[data-column]::after { content: " \\2195"; color: #9aa; }
 table.sortable th[aria-sort="ascending"]::after { content: " \\25B2"; color: #24364f; }
@@ -610,8 +669,10 @@ pre { background: #f6f7f9; padding: 0.8em; font-size: 0.8em; overflow-x: auto; }
 def page(title: str, subtitle: str, sections: list[tuple[str, str, str]]) -> str:
     """The whole document; ``sections`` are (anchor id, heading, HTML body)."""
     links = "".join(f"<a href='#{anchor}'>{esc(heading)}</a>" for anchor, heading, _ in sections)
-    body = "\n".join(f"<section id='{anchor}'><h2>{esc(heading)}</h2>\n{content}\n</section>"
-                     for anchor, heading, content in sections)
+    body = "\n".join(
+        f"<section id='{anchor}'><h2>{esc(heading)}</h2>\n{content}\n</section>"
+        for anchor, heading, content in sections
+    )
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>

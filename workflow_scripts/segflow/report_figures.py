@@ -90,8 +90,16 @@ def _node_positions(depth: dict[str, int]) -> dict[str, tuple[float, float]]:
 def _draw_nodes(ax, positions, labels) -> dict[str, tuple[float, float, float, float]]:
     """Draw each rule as a box; return its extent (left, right, bottom, top) in data coordinates."""
     texts = {
-        node: ax.text(x, y, node + (f"\n{labels[node]}" if labels.get(node) else ""), ha="center", va="center",
-                      fontsize=7.5, bbox=NODE_STYLE, zorder=3)
+        node: ax.text(
+            x,
+            y,
+            node + (f"\n{labels[node]}" if labels.get(node) else ""),
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            bbox=NODE_STYLE,
+            zorder=3,
+        )
         for node, (x, y) in positions.items()
     }
     ax.figure.canvas.draw()  # the boxes get their size only when drawn
@@ -105,8 +113,13 @@ def _draw_nodes(ax, positions, labels) -> dict[str, tuple[float, float, float, f
 
 
 def _arrow(ax, start, end) -> None:
-    ax.annotate("", xy=end, xytext=start, zorder=2,
-                arrowprops={"arrowstyle": "-|>", "color": EDGE_COLOUR, "lw": 0.8, "shrinkA": 0, "shrinkB": 1})
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        zorder=2,
+        arrowprops={"arrowstyle": "-|>", "color": EDGE_COLOUR, "lw": 0.8, "shrinkA": 0, "shrinkB": 1},
+    )
 
 
 def _self_loop(ax, box, y) -> None:
@@ -181,8 +194,15 @@ def training_curves_png(rounds: Sequence[pd.DataFrame], chosen_round: int, best_
                 kept = np.flatnonzero(frame["epoch"].to_numpy() == best_epoch)
                 if len(kept):
                     column = "val_loss" if panel == "loss" else "val_dice"
-                    ax.plot(x[kept[0]], frame[column].iloc[kept[0]], "*", color="#2a7a2a", ms=11, zorder=5,
-                            label=f"kept: round {round_index}, epoch {best_epoch}")
+                    ax.plot(
+                        x[kept[0]],
+                        frame[column].iloc[kept[0]],
+                        "*",
+                        color="#2a7a2a",
+                        ms=11,
+                        zorder=5,
+                        label=f"kept: round {round_index}, epoch {best_epoch}",
+                    )
         start += len(frame)
     for ax, panel in zip(axes[0], panels):
         ax.set_xlabel("epoch (rounds one after another; shaded: chosen round)")

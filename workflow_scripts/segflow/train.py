@@ -2,7 +2,8 @@
 
 One call of :func:`train_round` trains one round and writes its artefacts (``model_best.pt`` with the lowest
 validation loss, ``model_last.pt`` with the full training state, ``metrics.csv`` with one row per epoch,
-``split.json``, ``curves.png``). :func:`select_best_round` then keeps the best round.
+``split.json``); the plot_curves rule draws ``curves.png`` from the metrics (segflow.curves), and select_model
+keeps the best round (segflow.model_selection). Devices: segflow.device; checkpoints: segflow.checkpoints.
 
 Resuming: after every epoch the whole training state (model, optimiser, scheduler, loss scaler, random generator
 states, early-stopping counters, the best weights and the metrics so far) is written atomically to
@@ -18,7 +19,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -31,17 +31,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from segflow.checkpoints import model_cfg, save_checkpoint
 from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices
+from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
-from segflow.models import MODEL_KEYS, build_model, class_labels, load_weights
+from segflow.models import build_model, class_labels, load_weights
 from segflow.seeding import derive_seed, rng_for, seed_everything
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = {1: "kidney", 2: "tumor", 3: "cyst"}
-# train keys that only matter to select_model: changing them must neither rerun nor invalidate a round's training.
-SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
 
 
 @dataclass
@@ -50,7 +50,6 @@ class RoundOutputs:
     model_last: Path
     metrics: Path
     split: Path
-    curves: Path
 
     @property
     def resume_state(self) -> Path:
@@ -116,65 +115,7 @@ def round_split(
 # --- devices and checkpoints ------------------------------------------------------------------------------------------
 
 
-class DeviceError(ValueError):
-    """A configured device this machine does not have; the one-line message names the key and the machine."""
-
-
-def pick_device(name: str, key: str = "train.device") -> torch.device:
-    """``auto`` takes the GPU when there is one (under SLURM: the GPUs the job was given, via CUDA_VISIBLE_DEVICES).
-
-    A device this machine lacks fails here, at the job's start, with one line naming ``key`` (the job's machine is
-    the first place where this can be known: under SLURM the submitting host may have no GPU at all)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"{key} {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        import platform
-
-        host = platform.node() or "this machine"
-        if not torch.backends.cuda.is_built():
-            raise DeviceError(
-                f"{key} is {name!r}, but the torch on {host} ({torch.__version__}) was built without CUDA; set {key} "
-                "to auto or cpu, or install a CUDA build of torch"
-            )
-        count = torch.cuda.device_count()
-        if count == 0 or (device.index or 0) >= count:
-            raise DeviceError(
-                f"{key} is {name!r}, but {host} has {count} visible CUDA GPU(s) (CUDA_VISIBLE_DEVICES="
-                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); set {key} to auto or cpu, or run where a GPU is"
-            )
-    return device
-
-
-def amp_dtype_for(device: torch.device, cfg: dict) -> torch.dtype | None:
-    """The autocast dtype: None (full precision) on CPU or with ``amp`` off; on CUDA ``amp_dtype``, except that a
-    GPU without bfloat16 (before Ampere) falls back to float16, which then needs loss scaling."""
-    if device.type != "cuda" or not cfg.get("amp", True):
-        return None
-    if cfg.get("amp_dtype", "bfloat16") == "bfloat16" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
-def autocast_for(device: torch.device, dtype: torch.dtype | None):
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def save_checkpoint(path, weights: dict, cfg: dict, n_classes: int, **extra) -> None:
-    """A checkpoint segflow.predict can load: weights plus what is needed to rebuild the network."""
-    state = {"model": weights, "model_cfg": _model_cfg(cfg), "n_classes": n_classes, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _model_cfg(cfg: dict) -> dict:
-    return {k: cfg[k] for k in MODEL_KEYS if k in cfg}
-
-
-# --- one round ----------------------------------------------------------------------------------------------------------
+# --- one round --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -291,8 +232,21 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
         hard = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
         weights = hard if weights is None else weights * hard
     return RoundSetup(
-        cfg, round_index, round_seed, device, dtype, model, optimiser, scheduler, scaler, loss_fn, train_set, val_set,
-        train_set.transform, weights, n_classes,
+        cfg,
+        round_index,
+        round_seed,
+        device,
+        dtype,
+        model,
+        optimiser,
+        scheduler,
+        scaler,
+        loss_fn,
+        train_set,
+        val_set,
+        train_set.transform,
+        weights,
+        n_classes,
     )
 
 
@@ -323,9 +277,13 @@ def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
         previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model_best.pt")
         log.info(
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
-            round_index, init_checkpoint, previous.get("round"), previous.get("epoch"), previous.get("val_loss", math.nan),
+            round_index,
+            init_checkpoint,
+            previous.get("round"),
+            previous.get("epoch"),
+            previous.get("val_loss", math.nan),
         )
-    elif cfg.get("init_checkpoint"):
+    elif cfg["init_checkpoint"]:
         load_weights(model, cfg["init_checkpoint"], key="train.init_checkpoint")
         log.info("round %d starts from train.init_checkpoint %s", round_index, cfg["init_checkpoint"])
     else:
@@ -342,14 +300,20 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     started = time.perf_counter()
     indices = epoch_indices(
         setup.train_set.foreground_mask(),
-        cfg.get("samples_per_epoch") or len(setup.train_set),
+        cfg["samples_per_epoch"] or len(setup.train_set),
         cfg["foreground_fraction"],
         rng_for(epoch_seed, "sampler"),
         weights=setup.sample_weights,
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
     val = evaluate(
-        setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype,
+        setup.model,
+        setup.val_set,
+        setup.loss_fn,
+        cfg["batch_size"],
+        setup.device,
+        setup.n_classes,
+        setup.amp_dtype,
         setup.class_names,
     )
     lr = setup.optimiser.param_groups[0]["lr"]  # the rate this epoch trained with
@@ -358,16 +322,30 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     else:
         setup.scheduler.step()
     row = {
-        "round": setup.round_index, "epoch": epoch, "train_loss": train_loss, "train_dice": train_dice,
-        "val_loss": val.loss, "val_dice": val.dice, "val_iou": val.iou, "val_precision": val.precision,
+        "round": setup.round_index,
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_dice": train_dice,
+        "val_loss": val.loss,
+        "val_dice": val.dice,
+        "val_iou": val.iou,
+        "val_precision": val.precision,
         "val_recall": val.recall,
         "val_f1": val.dice,  # F1 is Dice for binary masks; kept under its own name for readers who expect it
         **{f"val_dice_{name}": value for name, value in val.class_dice.items()},
-        "lr": lr, "seconds": round(time.perf_counter() - started, 3),
+        "lr": lr,
+        "seconds": round(time.perf_counter() - started, 3),
     }
     log.info(
         "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.2g (%.1f s)",
-        setup.round_index, epoch + 1, cfg["epochs"], train_loss, val.loss, val.dice, row["lr"], row["seconds"],
+        setup.round_index,
+        epoch + 1,
+        cfg["epochs"],
+        train_loss,
+        val.loss,
+        val.dice,
+        row["lr"],
+        row["seconds"],
     )
     return row
 
@@ -456,10 +434,16 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
         tp += float(((pred > 0) & (ref > 0)).sum())
         fp += float(((pred > 0) & (ref == 0)).sum())
         fn += float(((pred == 0) & (ref > 0)).sum())
-    class_dice = {(names or CLASS_NAMES).get(c, str(c)): _ratio(2 * class_inter[c], class_volume[c]) for c in range(1, n_classes)}
+    class_dice = {
+        (names or CLASS_NAMES).get(c, str(c)): _ratio(2 * class_inter[c], class_volume[c]) for c in range(1, n_classes)
+    }
     return Scores(
-        loss=total / max(count, 1), dice=_ratio(2 * tp, 2 * tp + fp + fn), iou=_ratio(tp, tp + fp + fn),
-        precision=_ratio(tp, tp + fp), recall=_ratio(tp, tp + fn), class_dice=class_dice,
+        loss=total / max(count, 1),
+        dice=_ratio(2 * tp, 2 * tp + fp + fn),
+        iou=_ratio(tp, tp + fp + fn),
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        class_dice=class_dice,
     )
 
 
@@ -498,12 +482,12 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
 
 
 def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_checkpoint) -> dict:
-    """What a saved state must match to be resumed: the training config, seed and round, the starting weights, and
+    """What a saved state must match to be resumed: the training config (train_round's params, which leave out the
+    keys only select_model reads), seed and round, the starting weights, and
     the data training reads (one identity per preprocessed case, see :func:`case_identity`).
 
     A dict of parts, so that a mismatch can say what changed."""
-    cfg = {k: v for k, v in cfg.items() if k not in SELECTION_ONLY_KEYS}
-    warm_start = cfg.get("init_checkpoint") if init_checkpoint is None else None  # as _initialise chooses
+    warm_start = cfg["init_checkpoint"] if init_checkpoint is None else None  # as _initialise chooses
     return {
         "config": _digest(json.dumps([cfg, seed, round_index], sort_keys=True, default=str).encode()),
         "init": {str(p): _file_digest(p) for p in (init_checkpoint, warm_start) if p},
@@ -559,11 +543,20 @@ def _training_state(setup: RoundSetup, state: RoundState, fingerprint: dict | No
     epoch number is their state; the global generators are saved for anything else that draws from them.
     """
     return {
-        "model": setup.model.state_dict(), "model_cfg": _model_cfg(setup.cfg), "n_classes": setup.n_classes,
-        "optimiser": setup.optimiser.state_dict(), "scheduler": setup.scheduler.state_dict(),
-        "scaler": setup.scaler.state_dict(), "rng": _rng_states(), "round": setup.round_index,
-        "epoch": state.next_epoch - 1, "rows": state.rows, "best_loss": state.best_loss,
-        "best_epoch": state.best_epoch, "best_weights": state.best_weights, "stale": state.stale,
+        "model": setup.model.state_dict(),
+        "model_cfg": model_cfg(setup.cfg),
+        "n_classes": setup.n_classes,
+        "optimiser": setup.optimiser.state_dict(),
+        "scheduler": setup.scheduler.state_dict(),
+        "scaler": setup.scaler.state_dict(),
+        "rng": _rng_states(),
+        "round": setup.round_index,
+        "epoch": state.next_epoch - 1,
+        "rows": state.rows,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
+        "best_weights": state.best_weights,
+        "stale": state.stale,
         "fingerprint": fingerprint,
     }
 
@@ -583,7 +576,9 @@ def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
     if saved.get("fingerprint") != fingerprint:
         log.info(
             "round %d: saved state %s is from %s; starting over",
-            setup.round_index, path, _fingerprint_change(saved.get("fingerprint"), fingerprint),
+            setup.round_index,
+            path,
+            _fingerprint_change(saved.get("fingerprint"), fingerprint),
         )
         path.unlink()
         return RoundState()
@@ -594,14 +589,20 @@ def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
     _restore_rng_states(saved["rng"])
     log.info("round %d: resuming after epoch %d from %s", setup.round_index, saved["epoch"] + 1, path)
     return RoundState(
-        rows=list(saved["rows"]), best_loss=float(saved["best_loss"]), best_epoch=int(saved["best_epoch"]),
-        best_weights=saved["best_weights"], stale=int(saved["stale"]), next_epoch=int(saved["epoch"]) + 1,
+        rows=list(saved["rows"]),
+        best_loss=float(saved["best_loss"]),
+        best_epoch=int(saved["best_epoch"]),
+        best_weights=saved["best_weights"],
+        stale=int(saved["stale"]),
+        next_epoch=int(saved["epoch"]) + 1,
     )
 
 
 def _rng_states() -> dict:
     return {
-        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
@@ -624,8 +625,14 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
         raise RuntimeError("no epoch reached a finite validation loss; there is no model to keep")
     cfg, best = setup.cfg, state.rows[state.best_epoch]
     save_checkpoint(
-        outputs.model_best, state.best_weights, cfg, setup.n_classes,
-        round=setup.round_index, epoch=state.best_epoch, val_loss=best["val_loss"], val_dice=best["val_dice"],
+        outputs.model_best,
+        state.best_weights,
+        cfg,
+        setup.n_classes,
+        round=setup.round_index,
+        epoch=state.best_epoch,
+        val_loss=best["val_loss"],
+        val_dice=best["val_dice"],
     )
     final = _training_state(setup, state, fingerprint=None)
     del final["best_weights"], final["fingerprint"]
@@ -633,7 +640,6 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
         torch.save(final, tmp)
     metrics = pd.DataFrame(state.rows)
     write_table(outputs.metrics, metrics, sep=",")
-    plot_curves(outputs.curves, metrics)
     shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
     log.info("round %d: kept epoch %d (val loss %.4f)", setup.round_index, state.best_epoch + 1, state.best_loss)
     return metrics
@@ -645,7 +651,9 @@ _stop_signal: int | None = None  # set by the SIGTERM handler, acted on between 
 def _check_stop() -> None:
     """Raise Terminated at a batch boundary once SIGTERM has arrived."""
     if _stop_signal is not None:
-        raise Terminated(f"received signal {_stop_signal}; the last completed epoch is saved and will be resumed on rerun")
+        raise Terminated(
+            f"received signal {_stop_signal}; the last completed epoch is saved and will be resumed on rerun"
+        )
 
 
 @contextlib.contextmanager
@@ -683,101 +691,11 @@ class _ProgressBar:
         self.done += 1
         if self.active:
             filled = int(30 * self.done / max(self.total, 1))
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} loss {loss:.4f}")
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} loss {loss:.4f}"
+            )
             sys.stderr.flush()
 
     def close(self) -> None:
         if self.active:
             sys.stderr.write("\n")
-
-
-# --- curves and model selection ---------------------------------------------------------------------------------------
-
-
-def plot_curves(path, metrics: pd.DataFrame) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(9, 3.2))
-    ax_loss.plot(metrics["epoch"], metrics["train_loss"], label="train")
-    ax_loss.plot(metrics["epoch"], metrics["val_loss"], label="val")
-    best = metrics["val_loss"].idxmin()
-    ax_loss.scatter([metrics.loc[best, "epoch"]], [metrics.loc[best, "val_loss"]], color="red", zorder=3, label="best")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_loss.legend()
-    if "train_dice" in metrics:
-        ax_dice.plot(metrics["epoch"], metrics["train_dice"], label="train", linestyle="--", color="grey")
-    ax_dice.plot(metrics["epoch"], metrics["val_dice"], label="val foreground")
-    for column in [c for c in metrics.columns if c.startswith("val_dice_")]:
-        ax_dice.plot(metrics["epoch"], metrics[column], label=column.removeprefix("val_dice_"), alpha=0.7)
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Dice", ylim=(0, 1))
-    ax_dice.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-
-
-def evaluate_on_holdout(checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1) -> list[Scores | None]:
-    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
-    if not case_dirs:
-        return [None] * len(checkpoints)
-    from segflow.predict import load_model
-
-    torch.set_num_threads(max(1, threads))
-    device = pick_device(cfg["device"])
-    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
-    results = []
-    for checkpoint in checkpoints:
-        model, meta = load_model(checkpoint, device)
-        if device.type == "cuda":
-            model = model.to(memory_format=_channels_last(meta["model_cfg"]))
-        if meta["model_cfg"].get("dims", 2) == 3:  # the same fixed seeded patches for every round
-            from segflow.volumes import FixedPatches
-
-            dataset = FixedPatches(case_dirs, meta["model_cfg"]["patch_size"], meta["n_classes"], derive_seed(0, "holdout"))
-        else:
-            dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
-        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
-    return results
-
-
-def select_best_round(
-    metrics_paths: list[Path], checkpoint_paths: list[Path], holdout: list[Scores | None] | None = None,
-    select_by: str = "val_loss", ensemble: int = 1,
-) -> dict:
-    """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
-
-    Validation sets differ between rounds, so the holdout figures are the like-for-like comparison; ``select_by``
-    chooses between the lowest validation loss (default, as in the seeds) and the highest holdout Dice.
-    """
-    holdout = holdout or [None] * len(metrics_paths)
-    rows = []
-    for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
-        metrics = pd.read_csv(metrics_path)
-        best = metrics.loc[metrics["val_loss"].idxmin()]
-        rows.append(
-            {
-                "round": int(best["round"]), "best_epoch": int(best["epoch"]), "val_loss": float(best["val_loss"]),
-                "val_dice": float(best["val_dice"]), "fixed_val_loss": fixed.loss if fixed else math.nan,
-                "fixed_val_dice": fixed.dice if fixed else math.nan, "epochs_run": len(metrics),
-                "checkpoint": str(checkpoint),
-            }
-        )
-    table = pd.DataFrame(rows)
-    if select_by == "fixed_dice" and table["fixed_val_dice"].notna().all():
-        ranked = table.sort_values("fixed_val_dice", ascending=False, kind="stable")
-    else:
-        if select_by == "fixed_dice":
-            log.warning("train.select_by fixed_dice needs a holdout (train.holdout_fraction > 0); using val_loss")
-        ranked = table.sort_values("val_loss", kind="stable")
-    chosen = ranked.iloc[0]
-    members = ranked.iloc[: max(1, ensemble)]
-    return {
-        "round": int(chosen["round"]), "val_loss": float(chosen["val_loss"]), "select_by": select_by,
-        "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
-        "table": table, "checkpoint": chosen["checkpoint"],
-        "ensemble_rounds": [int(r) for r in members["round"]], "ensemble": list(members["checkpoint"]),
-    }

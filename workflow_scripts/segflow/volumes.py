@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segflow.preprocess import load_case
+from segflow.cases import load_case
 
 # Patches per validation volume: one centred on each label and one on background when the volume has them.
 VALIDATION_PATCHES_PER_CLASS = 1
@@ -111,7 +111,9 @@ class FixedPatches(torch.utils.data.Dataset):
     background, drawn once (the same every epoch)."""
 
     def __init__(self, case_dirs: list[str | Path], patch_size, n_classes: int, seed: int):
-        crop = crop_transform(patch_size, 1.0 - 1.0 / n_classes, n_classes, num_samples=n_classes * VALIDATION_PATCHES_PER_CLASS)
+        crop = crop_transform(
+            patch_size, 1.0 - 1.0 / n_classes, n_classes, num_samples=n_classes * VALIDATION_PATCHES_PER_CLASS
+        )
         crop.set_random_state(seed=seed % 2**32)
         self.samples = []
         for case_dir in case_dirs:
@@ -136,8 +138,13 @@ def patch_datasets(train_dirs, val_dirs, cfg: dict, n_classes: int, round_seed: 
 
 @torch.no_grad()
 def sliding_window_probabilities(
-    models: list[torch.nn.Module], image_zhw: np.ndarray, patch_size, overlap: float, batch_size: int,
-    device: torch.device, tta: bool = False,
+    models: list[torch.nn.Module],
+    image_zhw: np.ndarray,
+    patch_size,
+    overlap: float,
+    batch_size: int,
+    device: torch.device,
+    tta: bool = False,
 ) -> np.ndarray:
     """Mean softmax (Z, C, H, W) float16 of the models over one volume: MONAI's sliding_window_inference with
     Gaussian blending; with ``tta`` also over the mirror images along the three axes."""
@@ -150,8 +157,13 @@ def sliding_window_probabilities(
         for dims in flips:
             source = torch.flip(volume, dims) if dims else volume
             logits = sliding_window_inference(
-                source, roi_size=list(patch_size), sw_batch_size=batch_size, predictor=model, overlap=overlap,
-                mode="gaussian", padding_mode="constant",
+                source,
+                roi_size=list(patch_size),
+                sw_batch_size=batch_size,
+                predictor=model,
+                overlap=overlap,
+                mode="gaussian",
+                padding_mode="constant",
             )
             probability = torch.softmax(_plain(logits).float(), dim=1)
             probability = torch.flip(probability, dims) if dims else probability

@@ -40,8 +40,12 @@ MRI_SIGNAL = (0, 10, 760, 850, 700, 950, 1000, 300, 250, 280, 330, 650, 550, 500
 
 def import_organ_case(synthetic: dict, case_id: str, image_out: Path, seg_out: Path, seed: int) -> None:
     image, label, affine = make_organ_phantom(
-        case_id, seed, matrix=int(synthetic["matrix"]), slices=tuple(synthetic["slices"]),
-        organs=tuple(synthetic.get("organs", ("liver", "spleen", "kidney"))), modality=synthetic.get("modality", "ct"),
+        case_id,
+        seed,
+        matrix=int(synthetic["matrix"]),
+        slices=tuple(synthetic["slices"]),
+        organs=tuple(synthetic.get("organs", ("liver", "spleen", "kidney"))),
+        modality=synthetic.get("modality", "ct"),
     )  # organs and modality have no schema default on purpose (see config/schema.yaml); these are the fallbacks
     save_nifti(image_out, image, affine)
     save_nifti(seg_out, label, affine)

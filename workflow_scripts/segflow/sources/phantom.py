@@ -308,8 +308,11 @@ def synthesise(labels: np.ndarray, affine: np.ndarray, seed: int, case_id: str, 
     lab, spacing, back = to_ras(labels, affine)
     shape = lab.shape
     factors = np.array(
-        [max(1, round(COARSE_XY_MM / spacing[0])), max(1, round(COARSE_XY_MM / spacing[1])),
-         max(1, round(COARSE_Z_MM / spacing[2]))]
+        [
+            max(1, round(COARSE_XY_MM / spacing[0])),
+            max(1, round(COARSE_XY_MM / spacing[1])),
+            max(1, round(COARSE_Z_MM / spacing[2])),
+        ]
     )
     coarse_shape = tuple(int(-(-n // f)) for n, f in zip(shape, factors))
     coarse_grid = Grid(coarse_shape, spacing * factors, (factors - 1) / 2.0 * spacing)
@@ -510,8 +513,12 @@ def paint_surroundings(c: Canvas, rng, p: dict, a: dict, fraction: np.ndarray) -
         k = kidney["centre"]
         hilum = (k[0] + (sx - k[0]) * 0.25, k[1] + 5, k[2])
         c.paint(c.segment((ax_, ay, k[2] + 8), hilum, rng.uniform(2.5, 4)), p["aorta"])
-        c.paint(c.segment((ix if side == "right" else ax_, iy + (0 if side == "right" else 16), k[2]), hilum,
-                          rng.uniform(4, 6)), ivc_hu)
+        c.paint(
+            c.segment(
+                (ix if side == "right" else ax_, iy + (0 if side == "right" else 16), k[2]), hilum, rng.uniform(4, 6)
+            ),
+            ivc_hu,
+        )
 
     # Liver on the right and spleen on the left, touching the upper poles; mirrored where a kidney is missing.
     def kidney_at(side):

@@ -1,0 +1,126 @@
+"""Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, the round (or
+the best rounds, for an ensemble) to keep, and the post-processing steps that help on the same holdout."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from segflow.cases import load_case
+from segflow.checkpoints import load_model, load_models
+from segflow.data import SliceDataset
+from segflow.device import amp_dtype_for, pick_device
+from segflow.inference import case_probabilities, probability_labels
+from segflow.losses import build_loss
+from segflow.train import Scores, evaluate
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_on_holdout(
+    checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1
+) -> list[Scores | None]:
+    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
+    if not case_dirs:
+        return [None] * len(checkpoints)
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(cfg["device"])
+    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
+    results = []
+    for checkpoint in checkpoints:
+        model, meta = load_model(checkpoint, device)
+        three_d = meta["model_cfg"].get("dims", 2) == 3
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+        if three_d:  # the same fixed seeded patches for every round (segflow.volumes)
+            from segflow.volumes import FixedPatches
+
+            dataset = FixedPatches(case_dirs, meta["model_cfg"]["patch_size"], meta["n_classes"], 0)
+        else:
+            dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
+        results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
+    return results
+
+
+def select_best_round(
+    metrics_paths: list[Path],
+    checkpoint_paths: list[Path],
+    holdout: list[Scores | None] | None = None,
+    select_by: str = "val_loss",
+    ensemble: int = 1,
+) -> dict:
+    """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
+
+    Validation sets differ between rounds, so the holdout figures are the like-for-like comparison; ``select_by``
+    chooses between the lowest validation loss (default, as in the seeds) and the highest holdout Dice.
+    """
+    holdout = holdout or [None] * len(metrics_paths)
+    rows = []
+    for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
+        metrics = pd.read_csv(metrics_path)
+        best = metrics.loc[metrics["val_loss"].idxmin()]
+        rows.append(
+            {
+                "round": int(best["round"]),
+                "best_epoch": int(best["epoch"]),
+                "val_loss": float(best["val_loss"]),
+                "val_dice": float(best["val_dice"]),
+                "fixed_val_loss": fixed.loss if fixed else math.nan,
+                "fixed_val_dice": fixed.dice if fixed else math.nan,
+                "epochs_run": len(metrics),
+                "checkpoint": str(checkpoint),
+            }
+        )
+    table = pd.DataFrame(rows)
+    if select_by == "fixed_dice" and table["fixed_val_dice"].notna().all():
+        ranked = table.sort_values("fixed_val_dice", ascending=False, kind="stable")
+    else:
+        if select_by == "fixed_dice":
+            log.warning("train.select_by fixed_dice needs a holdout (train.holdout_fraction > 0); using val_loss")
+        ranked = table.sort_values("val_loss", kind="stable")
+    chosen = ranked.iloc[0]
+    members = ranked.iloc[: max(1, ensemble)]
+    return {
+        "round": int(chosen["round"]),
+        "val_loss": float(chosen["val_loss"]),
+        "select_by": select_by,
+        "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
+        "table": table,
+        "checkpoint": chosen["checkpoint"],
+        "ensemble_rounds": [int(r) for r in members["round"]],
+        "ensemble": list(members["checkpoint"]),
+    }
+
+
+def decide_postprocessing(
+    checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
+) -> dict:
+    """Which post-processing steps help on the fixed holdout (nnU-Net decides on cross-validation the same way).
+
+    The holdout cases are predicted on the preprocessed grid, where their reference labels are, with the same
+    ensemble and mirroring as the test cases. Returns ``{"steps": [...], "table": [...]}``.
+    """
+    from segflow.postprocess import decide
+
+    if not candidates:
+        return {"steps": [], "table": []}
+    if not holdout_dirs:
+        log.warning("train.postprocess needs a fixed holdout (train.holdout_fraction > 0); no post-processing")
+        return {"steps": [], "table": []}
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(infer["device"], "infer.device")
+    models, checkpoint = load_models(checkpoint_path, device)
+    predictions, references = [], []
+    for case_dir in holdout_dirs:
+        image, label = load_case(case_dir)
+        probabilities = case_probabilities(models, image, checkpoint, infer, device)
+        predictions.append(probability_labels(probabilities))
+        references.append(np.asarray(label))
+    steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
+    log.info("post-processing on %d holdout cases: kept %s of %s", len(holdout_dirs), steps or "none", candidates)
+    return {"steps": steps, "table": table}
