@@ -11,6 +11,8 @@ validate(config, schema="../config/schema.yaml")
 WORKFLOW_SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 
+from segflow.config_checks import check_config  # noqa: E402
+from segflow.labelsets import allowed_labels, label_names, n_classes  # noqa: E402
 from segflow.preflight import ConfigError, check_init_checkpoint  # noqa: E402
 from segflow.sources import case_inputs, case_params, list_cases  # noqa: E402
 
@@ -44,6 +46,14 @@ RESULTS = Path(config["results_dir"])
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 ROUNDS = list(range(config["train"]["rounds"]))
+try:  # combinations of keys the schema cannot express (a 2D model with train.dims 3, HU filters on MRI...)
+    check_config(config)
+except ConfigError as error:
+    sys.exit(f"segflow: {error}")
+# The label set is data (segflow.labelsets): what a segmentation may hold, how many classes the network predicts and
+# their names, all from the config.
+ALLOWED_LABELS = allowed_labels(config)
+LABEL_SET = {"n_classes": n_classes(config), "names": label_names(config["score"])}
 if config["train"][
     "init_checkpoint"
 ]:  # at start-up, not after a minute of work: one line naming key and file
@@ -93,7 +103,7 @@ def source_modules():
     """The library modules that import cases from the configured source."""
     source = config["dataset"]["source"]
     modules = {
-        "synthetic": ["sources/synthetic"],
+        "synthetic": ["sources/synthetic", "sources/organs"],
         "phantom": ["sources/phantom", "sources/common", "seeding"],
         "kits23": ["sources/kits", "sources/common", "download"],
         "kits19": ["sources/kits", "sources/common", "download"],

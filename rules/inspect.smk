@@ -15,6 +15,7 @@ rule inspect_case:
         mem_mb=lambda wildcards, attempt: 6000 * attempt,
         runtime=5,
     params:
-        labels=config["selection"]["labels"],
+        labels=ALLOWED_LABELS,
+        modality=config["modality"],
     script:
         "../workflow_scripts/inspect_case.py"

@@ -12,6 +12,8 @@ rule predict_case:
             "data",
             "device",
             "models",
+            "networks",
+            "volumes",
             "checkpoints",
             "inference",
             "predict",

@@ -2,7 +2,9 @@ rule preprocess_case:
     input:
         image=result("raw", "{case}", "imaging.nii.gz"),
         segmentation=result("raw", "{case}", "segmentation.nii.gz"),
-        library=library("io", "geometry", "nifti_reader", "cases", "preprocess"),
+        library=library(
+            "io", "geometry", "nifti_reader", "cases", "preprocess", "normalise"
+        ),
     output:
         directory(result("preprocessed", "{case}")),
     log:
@@ -19,5 +21,6 @@ rule preprocess_case:
         runtime=10,
     params:
         preprocess=config["preprocess"],
+        modality=config["modality"],
     script:
         "../workflow_scripts/preprocess_case.py"

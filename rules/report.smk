@@ -34,7 +34,9 @@ rule render_report:
         scores=result("scores", "scores.tsv"),
         summary=result("scores", "summary.json"),
         benchmarks=get_benchmarks,
-        library=library("io", "metrics", "score", "report", "report_figures"),
+        library=library(
+            "io", "metrics", "score", "report", "report_figures", "labelsets"
+        ),
     output:
         report(
             result("report", "report.html"),

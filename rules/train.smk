@@ -12,6 +12,8 @@ rule train_round:
             "data",
             "device",
             "models",
+            "networks",
+            "volumes",
             "losses",
             "checkpoints",
             "train",
@@ -33,6 +35,7 @@ rule train_round:
         runtime=720,
     params:
         train=TRAIN_ROUND_PARAMS,
+        label_set=LABEL_SET,
         seed=config["seed"],
     script:
         "../workflow_scripts/train_round.py"
@@ -52,6 +55,8 @@ rule select_model:
             "data",
             "device",
             "models",
+            "networks",
+            "volumes",
             "losses",
             "checkpoints",
             "train",

@@ -23,18 +23,26 @@ CONFIG = {"dataset": {"source": "synthetic", "n_cases": 5}, "train": {"rounds": 
 # case -> (shift of the predicted kidney in voxels along x, whether the tumour is predicted)
 TEST_CASES = {"case_b": (0, True), "case_a": (2, True), "case_c": (4, False)}
 BENCHMARKS = {"download_case": [3.0, 2.0], "train_round": [40.0, 35.5], "score_case": [1.25]}
+# The same volumes as two organs of a FLARE22-like label set: names, regions, colours and headline from the config.
+ORGAN_CONFIG = {
+    **CONFIG,
+    "score": {
+        "regions": {"organs": [1, 2]}, "labels": {"liver": 1, "spleen": 2}, "headline": "organs",
+        "colours": {"liver": "#d2691e", "spleen": "#aa00ff"}, "seed_dice": {}, "tolerances_mm": {"organs": 1.0},
+    },
+}  # fmt: skip
 
 
-def fabricate_report(folder: Path) -> Path:
+def fabricate_report(folder: Path, config: dict | None = None) -> Path:
     """Write the inputs under ``folder`` and render ``folder/report.html``; return its path."""
-    inputs = fabricate_inputs(folder)
+    inputs = fabricate_inputs(folder, config)
     output = folder / "report.html"
     render_report(inputs, output)
     return output
 
 
-def fabricate_inputs(folder: Path) -> ReportInputs:
-    config = config_with_defaults(CONFIG)
+def fabricate_inputs(folder: Path, config: dict | None = None) -> ReportInputs:
+    config = config_with_defaults(config or CONFIG)
     cases = {case: _write_case(folder / "cases" / case, *spec) for case, spec in TEST_CASES.items()}
     score_paths = []
     for case, paths in cases.items():

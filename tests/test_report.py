@@ -99,8 +99,9 @@ def test_training_marks_the_chosen_round(report):
 def test_scores_beside_the_seed_figures(report):
     kits = re.search(r"<table class='data kits'>.*?</table>", report, flags=re.S).group(0)
     rows = re.findall(r"<tr><td>(\w+)</td><td>[\d+]+</td>((?:<td[^>]*>[^<]*</td>)+)</tr>", kits)
-    assert [region for region, _ in rows] == ["kidney_and_masses", "masses", "tumor"]
-    assert [re.findall(r">([^<]*)</td>", cells)[-1] for _, cells in rows] == ["97.71", "81.39", "73.81"]
+    # Every scored region, then every label not already a region (score.regions and score.labels, in order).
+    assert [region for region, _ in rows] == ["kidney_and_masses", "masses", "tumor", "kidney", "cyst"]
+    assert [re.findall(r">([^<]*)</td>", cells)[-1] for _, cells in rows[:3]] == ["97.71", "81.39", "73.81"]
     # kidney_and_masses: 1200 voxels, 1056 (shifted 2) and 912 (shifted 4) overlapping: Dice 1, 0.88, 0.76.
     assert re.findall(r">([^<]*)</td>", rows[0][1])[0] == "88.00"
     assert "(1 undefined, left out)" in kits  # HD95 of the masses where the tumour was missed
@@ -193,3 +194,16 @@ def test_rule_graph_matches_snakemakes_own(tiny_run):
     names = dict(re.findall(r'^\s*(\d+)\[label = "(\w+)"', dot, flags=re.M))
     edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)}
     assert edges - {("render_report", "all")} == set(RULE_GRAPH)
+
+
+def test_organ_label_set_drives_headline_tables_and_overlays(tmp_path):
+    from report_inputs import ORGAN_CONFIG, fabricate_report
+
+    html = fabricate_report(tmp_path / "organs", ORGAN_CONFIG).read_text()
+    assert re.search(r"mean Dice organs 0\.\d{4}", html)  # score.headline
+    table = re.search(r"<table class='data kits'>.*?</table>", html, flags=re.S).group(0)
+    assert [name for name in re.findall(r"<tr><td>(\w+)</td>", table)] == ["organs", "liver", "spleen"]
+    assert "seed" not in table  # score.seed_dice is empty: no reference column, no KiTS23 note
+    assert "different data" not in html
+    assert "#d2691e'>&#9632;</span> liver" in html and "#aa00ff'>&#9632;</span> spleen" in html
+    assert "kidney" not in html.lower().replace("kidney_and_masses", "")

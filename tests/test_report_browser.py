@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from report_inputs import TEST_CASES, shared_report
+from report_inputs import ORGAN_CONFIG, TEST_CASES, fabricate_report, shared_report
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "test-artifacts" / "report.png"
@@ -101,3 +101,13 @@ def test_clicking_a_heading_sorts_the_per_case_table(report, tmp_path):
     assert orders["hd95first"] == "case_b,case_a,case_c"
     assert orders["hd95second"] == "case_a,case_b,case_c"
     assert element_data(dom, "report-status")["errors"] == ""
+
+
+def test_organ_report_renders_with_names_and_colours_from_the_config(tmp_path):
+    """A FLARE22-like label set: per-organ rows and overlays in the configured colours, no script error."""
+    report = fabricate_report(tmp_path / "organs", ORGAN_CONFIG)
+    dom = chromium(tmp_path / "profile", "--virtual-time-budget=10000", "--dump-dom", report.as_uri())
+    status = element_data(dom, "report-status")
+    assert status["ready"] == "yes" and status["errors"] == "" and status["broken"] == "0"
+    assert status["images"] == "7"
+    assert "liver" in dom and "spleen" in dom and "#d2691e" in dom

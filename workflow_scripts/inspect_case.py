@@ -8,7 +8,9 @@ from segflow.logs import run_logged
 
 
 def main(smk):
-    report = inspect_case(smk.wildcards.case, smk.input.image, smk.input.segmentation, smk.params.labels)
+    report = inspect_case(
+        smk.wildcards.case, smk.input.image, smk.input.segmentation, smk.params.labels, smk.params.modality
+    )
     for problem in report["problems"]:
         logging.warning("%s: %s", smk.wildcards.case, problem)
     write_json(smk.output[0], report)

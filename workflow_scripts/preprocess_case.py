@@ -12,7 +12,8 @@ def main(smk):
 
     torch.set_num_threads(max(1, int(smk.threads)))  # the resize; everything else is single-threaded numpy/zlib
     start = time.perf_counter()
-    meta = preprocess_case(smk.input.image, smk.input.segmentation, smk.output[0], smk.params.preprocess)
+    cfg = {**smk.params.preprocess, "modality": smk.params.modality}
+    meta = preprocess_case(smk.input.image, smk.input.segmentation, smk.output[0], cfg)
     logging.info(
         "%s: %s %s -> %d slices of %s, crop %s%s, %.1f s",
         smk.wildcards.case,

@@ -21,6 +21,8 @@ def main(smk):
         outputs,
         init_checkpoint=Path(smk.input.init[0]) if smk.input.init else None,
         threads=smk.threads,
+        n_classes=smk.params.label_set["n_classes"],
+        class_names={int(value): name for value, name in smk.params.label_set["names"].items()},
     )
 
 

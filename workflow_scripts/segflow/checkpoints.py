@@ -46,6 +46,8 @@ def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Mo
         raise ValueError(f"{checkpoint_path}: ensemble members take different numbers of input slices {contexts}")
     first = dict(members[0])
     first["context_slices"] = contexts.pop()
+    first["dims"] = int(first["model_cfg"].get("dims", 2))  # checkpoints from before train.dims are 2D
+    first["patch_size"] = first["model_cfg"].get("patch_size")
     first["members"] = len(members)
     return models, first
 

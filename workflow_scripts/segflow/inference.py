@@ -61,3 +61,15 @@ def predict_slices(
 def probability_labels(probabilities_zchw: np.ndarray) -> np.ndarray:
     """Argmax over the class axis of a (Z, C, H, W) probability stack (first maximum on ties), as uint8."""
     return np.argmax(probabilities_zchw, axis=1).astype(np.uint8)
+
+
+def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:
+    """Mean softmax (Z, C, H, W) over a preprocessed image: slice by slice (2D), or by sliding window over the
+    volume for 3D checkpoints (segflow.volumes, ``infer.overlap``)."""
+    if checkpoint.get("dims", 2) == 3:
+        from segflow.volumes import sliding_window_probabilities
+
+        return sliding_window_probabilities(
+            models, image, checkpoint["patch_size"], infer["overlap"], infer["batch_size"], device, infer["tta"]
+        )
+    return predict_probabilities(models, image, checkpoint["context_slices"], infer["batch_size"], device, infer["tta"])

@@ -23,19 +23,37 @@ def slice_axis(affine: np.ndarray) -> int:
     return int(np.argmax(directions[2] / np.maximum(np.linalg.norm(directions, axis=0), 1e-12)))
 
 
-def inspect_case(case_id: str, image_path: str | Path, seg_path: str | Path, allowed_labels) -> dict:
+def inspect_case(
+    case_id: str, image_path: str | Path, seg_path: str | Path, allowed_labels, modality: str = "ct"
+) -> dict:
     """Return a JSON-ready summary of one case: figures when readable, and ``problems`` (empty when fine)."""
     report: dict = {"case_id": case_id, "problems": []}
     image = _load(image_path, "image", report)
     seg = _load(seg_path, "segmentation", report)
     if image is not None:
         _describe_image(image, report, image_path)
+        if modality == "mri":
+            report["problems"] += modality_problems(report.get("hu_min"))
     if seg is not None:
         _describe_labels(seg, allowed_labels, report)
     if image is not None and seg is not None:
         _compare_grids(image, seg, report)
     report["ok"] = not report["problems"]
     return report
+
+
+# MRI intensities are magnitudes (>= 0); CT in HU has air near -1000. Below this, an "MRI" case is CT.
+CT_AIR_BELOW = -200.0
+
+
+def modality_problems(lowest: float | None) -> list[str]:
+    """For modality mri: a case whose intensities reach down to air in HU is CT, not MRI."""
+    if lowest is not None and lowest < CT_AIR_BELOW:
+        return [
+            f"intensities down to {lowest:g} (air in HU: this is CT), but modality is mri; set modality: ct or "
+            "point dataset at MRI"
+        ]
+    return []
 
 
 def _load(path, what: str, report: dict):
@@ -126,7 +144,9 @@ def _describe_labels(seg, allowed_labels, report: dict) -> None:
     report["label_voxels"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
     unexpected = sorted(set(report["label_values"]) - set(int(v) for v in allowed_labels))
     if unexpected:
-        report["problems"].append(f"segmentation has label values {unexpected} outside {sorted(allowed_labels)}")
+        report["problems"].append(
+            f"segmentation has label values {unexpected} outside selection.labels {sorted(allowed_labels)}"
+        )
     if all(v == 0 for v in report["label_values"]):
         report["problems"].append("segmentation is empty (only background)")
 

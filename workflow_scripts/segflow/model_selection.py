@@ -15,7 +15,7 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
-from segflow.inference import predict_probabilities, probability_labels
+from segflow.inference import case_probabilities, probability_labels
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -34,9 +34,15 @@ def evaluate_on_holdout(
     results = []
     for checkpoint in checkpoints:
         model, meta = load_model(checkpoint, device)
+        three_d = meta["model_cfg"].get("dims", 2) == 3
         if device.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
+            model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
+        if three_d:  # the same fixed seeded patches for every round (segflow.volumes)
+            from segflow.volumes import FixedPatches
+
+            dataset = FixedPatches(case_dirs, meta["model_cfg"]["patch_size"], meta["n_classes"], 0)
+        else:
+            dataset = SliceDataset(case_dirs, context=int(meta["model_cfg"].get("context_slices", 1)))
         results.append(evaluate(model, dataset, loss_fn, cfg["batch_size"], device, meta["n_classes"], dtype))
     return results
 
@@ -112,9 +118,7 @@ def decide_postprocessing(
     predictions, references = [], []
     for case_dir in holdout_dirs:
         image, label = load_case(case_dir)
-        probabilities = predict_probabilities(
-            models, image, checkpoint["context_slices"], infer["batch_size"], device, infer["tta"]
-        )
+        probabilities = case_probabilities(models, image, checkpoint, infer, device)
         predictions.append(probability_labels(probabilities))
         references.append(np.asarray(label))
     steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import torch
 
-MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet")
+MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks
 # What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
-MODEL_KEYS = ("model", "channels", "num_res_units", "dropout", "backbone", "norm", "context_slices")
+MODEL_KEYS = (
+    "model",
+    "channels",
+    "num_res_units",
+    "dropout",
+    "backbone",
+    "norm",
+    "context_slices",
+    "dims",
+    "patch_size",
+)
 NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
 
@@ -32,6 +42,10 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
     from monai.networks import nets
 
     name = cfg["model"]
+    if cfg.get("dims", 2) == 3 or name == "deeplabv3plus":  # checkpoints from before train.dims are 2D
+        from segflow.networks import build_network
+
+        return build_network(cfg, n_classes)
     channels = tuple(int(c) for c in cfg["channels"])
     strides = (2,) * (len(channels) - 1)
     dropout = float(cfg.get("dropout", 0.0))

@@ -17,18 +17,21 @@ import torch
 from segflow.cases import load_case
 from segflow.checkpoints import load_models
 from segflow.device import pick_device
-from segflow.inference import predict_probabilities, probability_labels
+from segflow.inference import case_probabilities, probability_labels
 from segflow.io import read_json, save_nifti
 from segflow.restore import restore_labels, restore_probabilities
 
 log = logging.getLogger(__name__)
 
 
-def predict_volume(models, case_dir, infer: dict, device: torch.device, context: int) -> tuple[np.ndarray, dict]:
-    """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json."""
+def predict_volume(models, case_dir, infer: dict, device: torch.device, context) -> tuple[np.ndarray, dict]:
+    """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json.
+
+    ``context`` is the checkpoint dictionary of segflow.checkpoints.load_models (or, 2D only, its context_slices)."""
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
-    probabilities = predict_probabilities(models, image, context, infer["batch_size"], device, infer["tta"])
+    checkpoint = context if isinstance(context, dict) else {"context_slices": context}
+    probabilities = case_probabilities(models, image, checkpoint, infer, device)
     meta["n_classes"] = probabilities.shape[1]
     if infer["restore"] == "probabilities":
         return restore_probabilities(probabilities, meta), meta
@@ -44,7 +47,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint["context_slices"])
+    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint)
     raw = nib.load(str(raw_image_path))
     if list(raw.shape[:3]) != list(labels.shape):
         raise RuntimeError(f"{raw_image_path}: prediction shape {list(labels.shape)} != image {list(raw.shape)}")

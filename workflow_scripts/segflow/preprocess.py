@@ -109,6 +109,10 @@ def intensity_transform(cfg: dict):
     import torch
     from monai.transforms import ScaleIntensityRange
 
+    if cfg.get("zscore"):  # modality mri: statistics of this volume (segflow.normalise), set by preprocess_case
+        from segflow.normalise import zscore_transform
+
+        return zscore_transform(cfg["zscore"])
     low, high = cfg["window"]
     gamma = float(cfg["gamma"])
     scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
@@ -275,6 +279,15 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
     hu_zhw = to_slices(stored, grid)
     box = _crop_box(hu_zhw, scaling, cfg)
     resampling = plan_resampling(grid, box, cfg)
+    cfg = dict(cfg)  # the per-case choices below (size, zscore) must not leak into the caller's config
+    if cfg["size"] is None:  # keep the (resampled) grid: the volumes of the 3D path (train.dims 3)
+        cfg["size"] = (
+            resampling["shape"][1:] if resampling else [box[1].stop - box[1].start, box[2].stop - box[2].start]
+        )
+    if cfg.get("modality") == "mri":  # percentile clipping and z-score per volume instead of the HU window
+        from segflow.normalise import volume_statistics
+
+        cfg["zscore"] = volume_statistics(hu_zhw[box], scaling, cfg["percentiles"])
     image_zhw = image_stack(hu_zhw[box], scaling, cfg, resampling)
     del stored, hu_zhw  # free the image before the labels are read: the peak is one volume, not two
 
@@ -309,6 +322,8 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
         "window": list(cfg["window"]),
         "gamma": float(cfg["gamma"]),
     }
+    if cfg.get("zscore"):  # only for MRI: CT cases' meta.json stays as it was
+        meta.update(modality="mri", zscore=cfg["zscore"])
     with atomic_dir(out_dir) as tmp:
         write_slices(tmp, image_zhw, label_zhw, cfg["format"], int(cfg["png_compress_level"]))
         write_slice_index(tmp / "slices.tsv", label_zhw)

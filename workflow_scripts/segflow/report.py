@@ -23,11 +23,10 @@ import pandas as pd
 
 from segflow import report_figures
 from segflow.io import write_text
+from segflow.labelsets import colours, headline_column, label_names
 from segflow.score import METRIC_ORDER, split_column
 
-# Mean test Dice (%) the seed reported on real KiTS23: the yardstick users compare against, on other data.
-SEED_DICE = {"kidney_and_masses": 97.71, "masses": 81.39, "tumor": 73.81}
-# Overlays show the best, median and worst test case by this column (the first Dice column when it is missing).
+# Overlays show the best, median and worst test case by score.headline's Dice (this one for KiTS-labelled runs).
 RANKING_COLUMN = "dice_kidney_and_masses"
 # Versions shown in the run summary, read in the report job's own environment (python comes from platform).
 PACKAGES = ("torch", "monai", "numpy", "nibabel", "snakemake", "pandas", "matplotlib")
@@ -136,12 +135,9 @@ def render_report(inputs: ReportInputs, output: Path) -> None:
 
 
 def headline(run: Run) -> str:
-    stats = run.summary["metrics"].get(RANKING_COLUMN, {})
-    dice = (
-        f", mean Dice {RANKING_COLUMN.removeprefix('dice_')} {stats['mean']:.4f}"
-        if stats.get("mean") is not None
-        else ""
-    )
+    column = headline_column(run.config["score"], run.summary["metrics"]) or RANKING_COLUMN
+    stats = run.summary["metrics"].get(column, {})
+    dice = f", mean Dice {column.removeprefix('dice_')} {stats['mean']:.4f}" if stats.get("mean") is not None else ""
     return (
         f"{run.config['dataset']['source']} data, {run.summary['n_cases']} test cases, "
         f"model of round {run.best['round']}{dice}"
@@ -318,11 +314,12 @@ def workflow_section(run: Run) -> str:
 
 
 def selection_section(run: Run) -> str:
+    selection = run.config["selection"]
+    hu = [f"{selection[k]:g}" if selection[k] is not None else "none" for k in ("hu_min", "hu_max")]
+    hu_words = "" if hu == ["none", "none"] else f" and their HU range lies within [{hu[0]}, {hu[1]}]"
     intro = (
-        f"<p>Cases are kept when their slice count is at most {run.config['selection']['max_slices']} and "
-        f"their HU range lies within [{run.config['selection']['hu_min']:g}, "
-        f"{run.config['selection']['hu_max']:g}]; unreadable or inconsistent cases are left out with the "
-        f"problem found. Left-out rows are shaded.</p>"
+        f"<p>Cases are kept when their slice count is at most {selection['max_slices']}{hu_words}; "
+        f"unreadable or inconsistent cases are left out with the problem found. Left-out rows are shaded.</p>"
     )
     left_out = set(np.flatnonzero(~run.selected.to_numpy()))
     table = html_table(run.selection, row_class=lambda i: "left-out" if i in left_out else "")
@@ -382,12 +379,17 @@ def _round_figure(curve_path: Path, metrics: pd.DataFrame, chosen: int) -> str:
 
 
 def scores_section(run: Run) -> str:
-    parts = [
-        "<h3>KiTS regions</h3>",
-        kits_table(run),
+    seed_note = (
         "<p class='note'>The seed's figures are mean test Dice on real KiTS23 CT. This run's are from its own data "
         f"({esc(run.config['dataset']['source'])}); they are different data, shown side by side for orientation "
-        "only, not as a comparison of methods.</p>",
+        "only, not as a comparison of methods.</p>"
+        if run.config["score"]["seed_dice"]
+        else ""
+    )
+    parts = [
+        "<h3>Regions and labels</h3>",
+        kits_table(run),
+        seed_note,
         "<h3>Every region and label (mean &plusmn; std over test cases)</h3>",
         all_names_table(run),
         "<h3>Scores per test case</h3>",
@@ -403,28 +405,32 @@ def scores_section(run: Run) -> str:
 
 
 def kits_table(run: Run) -> str:
+    """Dice, surface Dice and HD95 per scored region and label (per organ), with the reference system's figures
+    (score.seed_dice) beside them where it reported one."""
     metrics = run.summary["metrics"]
-    regions = run.config["score"]["regions"]
+    score = run.config["score"]
+    regions, labels, seed = score["regions"], score["labels"], score["seed_dice"]
     rows = []
-    for region, seed_dice in SEED_DICE.items():
+    for region in dict.fromkeys([*regions, *labels]):
         dice, sd, hd95 = (metrics.get(f"{m}_{region}") for m in KITS_METRICS)
         if dice is None:
             continue
-        rows.append(
-            {
-                "region": region,
-                "labels": "+".join(str(v) for v in regions.get(region, [])),
-                "Dice mean (%)": _percent(dice["mean"]),
-                "Dice median (%)": _percent(dice["median"]),
-                "Dice std (%)": _percent(dice["std"]),
-                "Dice min (%)": _percent(dice["min"]),
-                "surface Dice mean (%)": _percent(sd["mean"]) if sd else None,
-                "HD95 mean (mm)": _hd95_mean(hd95, dice["n"]),
-                "seed, real KiTS23 (%)": f"{seed_dice:.2f}",
-            }
-        )
+        values = regions[region] if region in regions else [labels[region]]
+        row = {
+            "region": region,
+            "labels": "+".join(str(v) for v in values),
+            "Dice mean (%)": _percent(dice["mean"]),
+            "Dice median (%)": _percent(dice["median"]),
+            "Dice std (%)": _percent(dice["std"]),
+            "Dice min (%)": _percent(dice["min"]),
+            "surface Dice mean (%)": _percent(sd["mean"]) if sd else None,
+            "HD95 mean (mm)": _hd95_mean(hd95, dice["n"]),
+        }
+        if seed:
+            row["seed (%)"] = f"{seed[region]:.2f}" if region in seed else None
+        rows.append(row)
     if not rows:
-        return "<p>No KiTS region was scored (see score.regions in the configuration).</p>"
+        return "<p>No region or label was scored (see score.regions and score.labels in the configuration).</p>"
     return html_table(pd.DataFrame(rows), css_class="data kits")
 
 
@@ -507,19 +513,21 @@ def overlays_section(run: Run) -> str:
     dice_columns = [c for c in run.scores.columns if c.startswith("dice_")]
     if not dice_columns:
         return "<p>No scores to rank the test cases by.</p>"
-    column = RANKING_COLUMN if RANKING_COLUMN in run.scores else dice_columns[0]
+    column = headline_column(run.config["score"], run.scores.columns)
     dice = dict(zip(run.scores["case_id"], run.scores[column]))
+    names, palette = label_names(run.config["score"]), colours(run.config["score"])
+    legend = ", ".join(f"<span style='color:{esc(palette[v])}'>&#9632;</span> {esc(n)}" for v, n in names.items())
     intro = (
         f"<p>The best, median and worst test case by {esc(column)}; axial and coronal planes through the "
-        "largest extent of the reference, radiological view (patient right on the left). Reference: green, "
-        "solid; prediction: red, dashed; thick lines outline all foreground, thin ones the masses "
-        "(tumour and cyst).</p>"
+        "largest extent of the reference, radiological view (patient right on the left). Each label in its "
+        f"colour ({legend}); reference solid and thick, prediction dashed and thin.</p>"
     )
     figures = []
+    ct = run.config["modality"] == "ct"
     for label, case_id in pick_cases(run.scores, column).items():
         title = f"{label}: {case_id}, {column} {dice[case_id]:.4f}"
         paths = run.inputs.cases[case_id]
-        png = report_figures.overlay_png(paths["image"], paths["reference"], paths["prediction"])
+        png = report_figures.overlay_png(paths["image"], paths["reference"], paths["prediction"], palette, ct)
         figures.append(figure(png, f"overlay of {case_id}", title))
     return intro + "<div class='grid'>" + "".join(figures) + "</div>"
 

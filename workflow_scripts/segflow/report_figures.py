@@ -224,9 +224,14 @@ def _plot_round(ax, panel: str, frame: pd.DataFrame, x, colour, name: str) -> No
 # --- overlays -------------------------------------------------------------------------------------------------------
 
 
-def overlay_png(image_path, reference_path, prediction_path) -> bytes:
-    """Axial and coronal CT planes through the largest extent of the reference (the prediction's if the
-    reference is empty), with reference and prediction contours; radiological view (patient right on the left)."""
+def overlay_png(image_path, reference_path, prediction_path, palette: dict | None = None, ct: bool = True) -> bytes:
+    """Axial and coronal planes through the largest extent of the reference (the prediction's if the reference is
+    empty), with reference and prediction contours; radiological view (patient right on the left).
+
+    ``palette`` ({label value: colour}, segflow.labelsets.colours) draws each label in its colour, the reference
+    solid and thick, the prediction dashed and thin; without it, all foreground and the masses (KiTS labels 2, 3)
+    in green (reference) and red (prediction). CT is shown in a soft-tissue window, other images between their
+    1st and 99th percentiles."""
     import nibabel as nib
 
     volumes = [nib.as_closest_canonical(nib.load(str(p))) for p in (image_path, reference_path, prediction_path)]
@@ -237,13 +242,15 @@ def overlay_png(image_path, reference_path, prediction_path) -> bytes:
         ("axial", lambda v: _radiological(v[:, :, z]), sy / sx),
         ("coronal", lambda v: _radiological(v[:, y, :]), sz / sx),
     ]
+    window = CT_WINDOW_HU if ct else tuple(float(v) for v in np.percentile(image, [1, 99]))
     fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.0))
     for ax, (name, cut, aspect) in zip(axes, planes):
-        ax.imshow(
-            cut(image), cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=aspect, interpolation="nearest"
-        )
+        ax.imshow(cut(image), cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect, interpolation="nearest")
         for labels, style in ((reference, REFERENCE_STYLE), (prediction, PREDICTION_STYLE)):
-            _contours(ax, cut(labels), style)
+            if palette:
+                _label_contours(ax, cut(labels), palette, style["linestyles"], 1.3 if labels is reference else 0.9)
+            else:
+                _contours(ax, cut(labels), style)
         ax.set_title(name, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
@@ -263,6 +270,13 @@ def _contours(ax, plane: np.ndarray, style: dict) -> None:
     for mask, width in ((plane > 0, 1.3), (np.isin(plane, MASS_LABELS), 0.8)):
         if mask.any() and not mask.all():
             ax.contour(mask.astype(float), levels=[0.5], linewidths=width, **style)
+
+
+def _label_contours(ax, plane: np.ndarray, palette: dict, linestyle: str, width: float) -> None:
+    for value, colour in palette.items():
+        mask = plane == value
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(float), levels=[0.5], linewidths=width, colors=colour, linestyles=linestyle)
 
 
 def _radiological(plane: np.ndarray) -> np.ndarray:

@@ -28,16 +28,16 @@ def patient_of(case_id: str) -> str:
     return match.group(1) if match else case_id
 
 
-def rejection_reason(report: dict, max_slices: int, hu_min: float, hu_max: float) -> str:
+def rejection_reason(report: dict, max_slices: int, hu_min: float | None, hu_max: float | None) -> str:
     """Why a case is left out ('' when it is kept); data problems come first, then the filters."""
     if report.get("problems"):
         return "; ".join(report["problems"])
     reasons = []
     if report["n_slices"] > max_slices:
         reasons.append(f"{report['n_slices']} slices > max_slices {max_slices}")
-    if report["hu_min"] < hu_min:
+    if hu_min is not None and report["hu_min"] < hu_min:  # null switches a filter off (MRI has no HU)
         reasons.append(f"HU min {report['hu_min']:g} < hu_min {hu_min:g}")
-    if report["hu_max"] > hu_max:
+    if hu_max is not None and report["hu_max"] > hu_max:
         reasons.append(f"HU max {report['hu_max']:g} > hu_max {hu_max:g}")
     return "; ".join(reasons)
 

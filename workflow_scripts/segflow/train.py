@@ -137,6 +137,7 @@ class RoundSetup:
     augmentation: object
     sample_weights: np.ndarray | None
     n_classes: int
+    class_names: dict = field(default_factory=lambda: dict(CLASS_NAMES))
 
 
 @dataclass
@@ -170,11 +171,15 @@ def train_round(
     init_checkpoint: Path | None = None,
     threads: int = 1,
     n_classes: int = 4,
+    class_names: dict | None = None,
 ) -> pd.DataFrame:
-    """Train one round (resuming from its saved state when there is one); return the per-epoch metrics."""
+    """Train one round (resuming from its saved state when there is one); return the per-epoch metrics.
+
+    ``n_classes`` and ``class_names`` ({label value: name}) come from the config's label set (segflow.labelsets)."""
     torch.set_num_threads(max(1, threads))
     with _stop_on_sigterm():
         setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
+        setup.class_names = class_names or CLASS_NAMES
         fingerprint = _fingerprint(cfg, seed, round_index, case_dirs, init_checkpoint)
         state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
@@ -206,15 +211,21 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
     _initialise(model, round_index, init_checkpoint, cfg)
     model = model.to(device)
     if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)  # faster convolutions on tensor cores
+        model = model.to(memory_format=_channels_last(cfg))  # faster convolutions on tensor cores
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = build_scheduler(optimiser, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"], n_classes)
-    context = cfg["context_slices"]
-    train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
-    val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
+    if cfg["dims"] == 3:  # volumes: label-balanced patches, fixed validation patches (segflow.volumes)
+        from segflow.volumes import patch_datasets
+
+        train_dirs, val_dirs = [case_dirs[c] for c in train_ids], [case_dirs[c] for c in val_ids]
+        train_set, val_set = patch_datasets(train_dirs, val_dirs, cfg, n_classes, round_seed)
+    else:
+        augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"], n_classes)
+        context = cfg["context_slices"]
+        train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
+        val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
     loss_fn = build_loss(cfg)
     weights = class_balanced_weights(train_set.class_presence()) if cfg["class_balance"] else None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
@@ -296,7 +307,14 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
     val = evaluate(
-        setup.model, setup.val_set, setup.loss_fn, cfg["batch_size"], setup.device, setup.n_classes, setup.amp_dtype
+        setup.model,
+        setup.val_set,
+        setup.loss_fn,
+        cfg["batch_size"],
+        setup.device,
+        setup.n_classes,
+        setup.amp_dtype,
+        setup.class_names,
     )
     lr = setup.optimiser.param_groups[0]["lr"]  # the rate this epoch trained with
     if isinstance(setup.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -385,12 +403,17 @@ def _seed_worker(worker_id: int) -> None:
 def _to_device(batch: dict, device: torch.device):
     images, labels = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
     if device.type == "cuda":
-        images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last if images.dim() == 4 else torch.channels_last_3d)
     return images, labels
 
 
+def _channels_last(cfg: dict):
+    """The channels-last memory format of the network's dimensionality (2D: NHWC, 3D: NDHWC)."""
+    return torch.channels_last_3d if cfg.get("dims", 2) == 3 else torch.channels_last
+
+
 @torch.no_grad()
-def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, amp_dtype=None) -> Scores:
+def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, amp_dtype=None, names=None) -> Scores:
     """Mean loss over slices, and overlap figures pooled over all slices (foreground, and Dice per class)."""
     model.eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -411,7 +434,9 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
         tp += float(((pred > 0) & (ref > 0)).sum())
         fp += float(((pred > 0) & (ref == 0)).sum())
         fn += float(((pred == 0) & (ref > 0)).sum())
-    class_dice = {CLASS_NAMES.get(c, str(c)): _ratio(2 * class_inter[c], class_volume[c]) for c in range(1, n_classes)}
+    class_dice = {
+        (names or CLASS_NAMES).get(c, str(c)): _ratio(2 * class_inter[c], class_volume[c]) for c in range(1, n_classes)
+    }
     return Scores(
         loss=total / max(count, 1),
         dice=_ratio(2 * tp, 2 * tp + fp + fn),

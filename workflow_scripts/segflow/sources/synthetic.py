@@ -57,6 +57,11 @@ def list_cases(dataset: dict, seed: int) -> list[str]:
 
 def import_case(dataset: dict, case_id: str, image_out: Path, seg_out: Path, seed: int) -> None:
     synthetic = dataset.get("synthetic", {})
+    if "organs" in synthetic or "modality" in synthetic:  # multi-organ labels or MRI-like: segflow.sources.organs
+        from segflow.sources.organs import import_organ_case
+
+        import_organ_case(synthetic, case_id, image_out, seg_out, seed)
+        return
     image, label, affine = make_phantom(
         case_id,
         seed,
@@ -109,12 +114,25 @@ def make_phantom(
         outside = (x**2 + y**2) > (0.5 * geom.shape[0] * geom.spacing[0]) ** 2
         image[np.broadcast_to(outside, image.shape)] = FOV_PADDING_HU
 
+    return np.clip(np.rint(image), -32768, 32767).astype(np.int16), label, phantom_affine(geom)
+
+
+def phantom_affine(geom: CaseGeometry) -> np.ndarray:
+    """L-P-S voxel order in RAS world coordinates, centred in x and y."""
     sx, sy, sz = geom.spacing
     origin = [0.5 * geom.shape[0] * sx, 0.5 * geom.shape[1] * sy, -0.5 * geom.shape[2] * sz]
-    affine = np.array(
+    return np.array(
         [[-sx, 0, 0, origin[0]], [0, -sy, 0, origin[1]], [0, 0, sz, origin[2]], [0, 0, 0, 1]], dtype=np.float64
     )
-    return np.clip(np.rint(image), -32768, 32767).astype(np.int16), label, affine
+
+
+def record(masks: dict | None, name: str, mask: np.ndarray) -> None:
+    """Keep an organ's mask for multi-organ labels (segflow.sources.organs); what is painted later wins."""
+    if masks is None:
+        return
+    for other in masks:
+        masks[other] &= ~mask
+    masks[name] = masks.get(name, np.zeros(mask.shape, bool)) | mask
 
 
 def _mm_grid(geom: CaseGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,7 +161,7 @@ def _paint_body(image, grid, rng) -> None:
     image[np.broadcast_to(abdomen <= 1.0, image.shape)] = HU["fat"] + 40  # visceral fat, a little denser
 
 
-def _paint_organs(image, grid, rng) -> None:
+def _paint_organs(image, grid, rng, masks: dict | None = None) -> None:
     x, y, z = grid
     # Spine: a vertebral body with a cortical rim, and paraspinal muscles either side.
     spine_y = rng.uniform(55, 70)
@@ -155,10 +173,15 @@ def _paint_organs(image, grid, rng) -> None:
     # Aorta just anterior-left of the spine.
     aorta = ((x - 12) ** 2 + (y - spine_y + 32) ** 2) / rng.uniform(9, 12) ** 2
     image[np.broadcast_to(aorta <= 1.0, image.shape)] = HU["aorta"]
+    record(masks, "aorta", np.broadcast_to(aorta <= 1.0, image.shape))
     # Liver (patient right = negative x), spleen (left), both in the upper abdomen.
     top = rng.uniform(40, 80)
-    image[_ellipsoid(grid, (-70, -5, top), (80, 75, 110)) <= 1.0] = HU["liver"] + rng.normal(0, 8)
-    image[_ellipsoid(grid, (85, 35, top + 20), (30, 40, 60)) <= 1.0] = HU["spleen"]
+    liver = _ellipsoid(grid, (-70, -5, top), (80, 75, 110)) <= 1.0
+    image[liver] = HU["liver"] + rng.normal(0, 8)
+    record(masks, "liver", liver)
+    spleen = _ellipsoid(grid, (85, 35, top + 20), (30, 40, 60)) <= 1.0
+    image[spleen] = HU["spleen"]
+    record(masks, "spleen", spleen)
     # Bowel: loops of soft tissue with gas pockets, anterior.
     for _ in range(int(rng.integers(5, 10))):
         centre = (rng.uniform(-80, 80), rng.uniform(-90, -30), rng.uniform(-150, 20))
@@ -166,9 +189,10 @@ def _paint_organs(image, grid, rng) -> None:
         loop = _ellipsoid(grid, centre, (radius, radius, radius * 1.5))
         image[loop <= 1.0] = HU["muscle"] - 10
         image[loop <= 0.35] = HU["gas"]
+        record(masks, "small_bowel", loop <= 1.0)
 
 
-def _paint_kidneys(image, label, grid, rng) -> None:
+def _paint_kidneys(image, label, grid, rng, masks: dict | None = None) -> None:
     """Two kidneys beside the spine: cortex (bright), medulla (darker pyramids), then tumours and cysts."""
     centre_z = rng.uniform(-30, 20)
     for side in (-1, 1):
@@ -191,6 +215,10 @@ def _paint_kidneys(image, label, grid, rng) -> None:
             _paint_tumour(image, label, grid, rng, centre, radii)
         if rng.random() < 0.5:
             _paint_cyst(image, label, grid, rng, centre, radii)
+    if masks is not None:  # x runs to the patient's left: the right kidney lies at negative x
+        x = np.broadcast_to(grid[0], label.shape)
+        record(masks, "right_kidney", (label > 0) & (x < 0))
+        record(masks, "left_kidney", (label > 0) & (x > 0))
 
 
 def _surface_point(rng, centre, radii, depth) -> np.ndarray:

@@ -1,0 +1,64 @@
+"""Config combinations the schema cannot express, checked when Snakemake starts: one line naming the keys.
+
+Torch-free (the Snakefile imports it). The model zoo per dimensionality lives here rather than in segflow.models so
+that the check costs no torch import.
+"""
+
+from __future__ import annotations
+
+from segflow.labelsets import allowed_labels
+from segflow.preflight import ConfigError
+
+MODELS_BY_DIMS = {
+    2: ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus"),
+    3: ("vnet", "unet", "dynunet", "segresnet"),
+}
+
+
+def check_config(config: dict) -> None:
+    """Raise ConfigError (one line, naming the keys) for a combination of keys that cannot work."""
+    train, pre, selection, score = config["train"], config["preprocess"], config["selection"], config["score"]
+    dims, model = train["dims"], train["model"]
+    if model not in MODELS_BY_DIMS[dims]:
+        other = 3 if dims == 2 else 2
+        raise ConfigError(
+            f"train.model {model!r} is a {other}D model but train.dims is {dims}; with train.dims {dims} choose one of "
+            f"{', '.join(MODELS_BY_DIMS[dims])}"
+        )
+    patch = train["patch_size"]
+    if dims == 3:
+        if pre["size"] is not None:
+            raise ConfigError(
+                f"train.dims is 3 but preprocess.size is {pre['size']}: volumes keep their (resampled) grid; set "
+                "preprocess.size to null and choose the grid with preprocess.spacing"
+            )
+        if not patch or len(patch) != 3:
+            raise ConfigError(f"train.dims is 3: train.patch_size needs 3 values (slices, rows, columns), not {patch}")
+        if train["context_slices"] != 1:
+            raise ConfigError(
+                "train.context_slices is a 2D option (neighbour slices as channels); set it to 1 with train.dims 3"
+            )
+        if train["hard_slice_boost"] > 0:
+            raise ConfigError("train.hard_slice_boost weighs slices, a 2D option; set it to 0 with train.dims 3")
+    else:
+        if pre["size"] is None:
+            raise ConfigError(
+                "preprocess.size is null (keep the grid), which only train.dims 3 supports; give 2 values"
+            )
+        if patch and len(patch) != 2:
+            raise ConfigError(f"train.patch_size {patch} has 3 values but train.dims is 2; give (rows, columns)")
+    if config["modality"] == "mri":
+        for key in ("hu_min", "hu_max"):
+            if selection[key] is not None:
+                raise ConfigError(
+                    f"selection.{key} is {selection[key]:g} HU, but modality is mri (no Hounsfield units); set "
+                    f"selection.{key} to null"
+                )
+        if pre["format"] != "npy":
+            raise ConfigError(
+                "preprocess.format png stores [0, 1] intensities as 8 bits; modality mri (z-scores) needs npy"
+            )
+    allowed = set(allowed_labels(config))
+    unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
+    if unknown:
+        raise ConfigError(f"score.labels has values {unknown} outside selection.labels {sorted(allowed)}")
