@@ -9,8 +9,12 @@ row's figures are copied to <workdir>/rows/<row>/ when it finishes:
       --cases 24 r0_seed s1_stable ...
   python benchmarks/ablation.py table --workdir /work/bench/ablation
 
-Layering (later files win, key by key): config/config.yaml (the Snakefile loads it), then
-benchmarks/ablation/budget.yaml (the shared CPU budget), the row's file, then the data and results folder.
+Layering (later files win, key by key): config/config.yaml (the Snakefile loads it), then the --base files
+(default benchmarks/ablation/budget.yaml, the shared CPU budget of the s rows), the row's file, then the data and
+results folder. The c rows measure levers on top of the CPU preset itself:
+
+  python benchmarks/ablation.py run --data /work/bench/kits48/data --workdir /work/bench/ablation --cases 24 \
+      --base config/kits23.yaml config/kits23-cpu.yaml benchmarks/ablation/cpu_base.yaml -- c1_crops ...
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ REGIONS = ("kidney_and_masses", "masses", "tumor")
 KEPT = ["train/best.json", "train/rounds.tsv", "scores/scores.tsv", "scores/summary.tsv", "selection/cases.tsv"]
 
 
-def layered(row: str) -> list[Path]:
-    return [REPO / "config/config.yaml", ROWS / "budget.yaml", ROWS / f"{row}.yaml"]
+def layered(row: str, base: list[str] | None = None) -> list[Path]:
+    base_files = [Path(b).resolve() for b in base] if base else [ROWS / "budget.yaml"]
+    return [REPO / "config/config.yaml", *base_files, ROWS / f"{row}.yaml"]
 
 
 def preprocess_key(files: list[Path]) -> str:
@@ -45,7 +50,7 @@ def preprocess_key(files: list[Path]) -> str:
 
 
 def run_row(row: str, args) -> None:
-    files = layered(row)
+    files = layered(row, args.base)
     work = Path(args.workdir).resolve() / f"pre_{preprocess_key(files)}"
     work.mkdir(parents=True, exist_ok=True)
     dataset = {"source": "local", "path": str(Path(args.data).resolve()), "cases": args.cases}
@@ -173,6 +178,7 @@ def main(argv=None) -> None:
     run.add_argument("--workdir", required=True)
     run.add_argument("--cases", type=int, default=48, help="the first N cases of the benchmark")
     run.add_argument("--cores", type=int, default=2)
+    run.add_argument("--base", nargs="+", help="config files under the row (default: ablation/budget.yaml)")
     run.add_argument("rows", nargs="+")
     show = sub.add_parser("table")
     show.add_argument("--workdir", required=True)

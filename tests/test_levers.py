@@ -17,7 +17,7 @@ from segflow.data import (
     epoch_indices,
 )
 from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
-from segflow.models import build_model
+from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.preprocess import preprocess_case
 from segflow.restore import restore_labels, restore_probabilities
 from segflow.train import build_scheduler, validation_subset
@@ -210,3 +210,47 @@ def test_slice_dataset_reports_which_labels_each_slice_shows(tmp_path):
     for z in range(len(dataset)):
         assert presence[z].tolist() == [bool((np.asarray(label[z]) == c).any()) for c in (1, 2)]
     assert dataset.foreground_mask().tolist() == presence.any(1).tolist()
+
+
+def test_sliding_windows_equal_the_whole_slice_for_a_pointwise_network():
+    # A 1x1 convolution sees no neighbours: every window gives each pixel the same logits, so the Gaussian-weighted
+    # mean over overlapping windows must equal the network on the whole slice.
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(1, 3, kernel_size=1)
+    windowed = for_whole_slices(net, {"patch_size": [8, 8], "window_overlap": 0.5}).eval()
+    assert isinstance(windowed, SlidingWindow)
+    image = torch.randn(2, 1, 20, 28)
+    with torch.no_grad():
+        assert torch.allclose(windowed(image), net(image), atol=1e-5)
+
+
+def test_sliding_windows_only_for_crop_trained_networks_at_inference():
+    net = torch.nn.Conv2d(1, 2, kernel_size=3, padding=1)
+    assert for_whole_slices(net, {"patch_size": None, "window_overlap": 0.5}) is net
+    assert for_whole_slices(net, {"patch_size": [8, 8], "window_overlap": None}) is net
+    assert for_whole_slices(net, {"context_slices": 1}) is net  # checkpoints from before the keys existed
+    windowed = for_whole_slices(net, {"patch_size": [8, 8], "window_overlap": 0.25})
+    calls = []
+    net.register_forward_hook(lambda module, inputs, output: calls.append(tuple(inputs[0].shape)))
+    image = torch.randn(1, 1, 16, 16)
+    windowed.train()  # training steps take the crops as they are
+    windowed(image)
+    assert calls == [(1, 1, 16, 16)]
+    calls.clear()
+    windowed.eval()
+    with torch.no_grad():
+        out = windowed(image)
+    assert out.shape == (1, 2, 16, 16) and calls and all(shape[2:] == (8, 8) for shape in calls)
+
+
+def test_a_crop_trained_checkpoint_predicts_in_windows(tmp_path):
+    cfg = dict(TRAIN, context_slices=1, patch_size=[8, 8], window_overlap=0.5)
+    model = build_model(cfg, 4)
+    save_checkpoint(tmp_path / "m.pt", model.state_dict(), cfg, 4)
+    models, checkpoint = load_models(tmp_path / "m.pt", torch.device("cpu"))
+    assert isinstance(models[0], SlidingWindow) and checkpoint["model_cfg"]["patch_size"] == [8, 8]
+    probabilities = predict_probabilities(
+        models, np.random.rand(3, 24, 24).astype(np.float32), 1, 2, torch.device("cpu")
+    )
+    assert probabilities.shape == (3, 4, 24, 24)
+    assert np.allclose(probabilities.astype(np.float32).sum(axis=1), 1, atol=1e-2)

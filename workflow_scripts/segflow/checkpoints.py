@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from segflow.io import atomic_path
-from segflow.models import MODEL_KEYS, build_model
+from segflow.models import MODEL_KEYS, build_model, for_whole_slices
 
 
 def save_checkpoint(path, weights: dict, cfg: dict, n_classes: int, **extra) -> None:
@@ -40,7 +40,7 @@ def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Mo
     for member in members:
         model = build_model(member["model_cfg"], member["n_classes"])
         model.load_state_dict(member["model"])
-        models.append(model.to(device).eval())
+        models.append(for_whole_slices(model.to(device), member["model_cfg"]).eval())
     contexts = {int(m["model_cfg"].get("context_slices", 1)) for m in members}
     if len(contexts) != 1:
         raise ValueError(f"{checkpoint_path}: ensemble members take different numbers of input slices {contexts}")

@@ -22,6 +22,7 @@ MODEL_KEYS = (
     "context_slices",
     "dims",
     "patch_size",
+    "window_overlap",
 )
 NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
@@ -35,6 +36,43 @@ class FirstOutput(torch.nn.Module):
 
     def forward(self, x):
         return self.net(x)[0]
+
+
+class SlidingWindow(torch.nn.Module):
+    """Whole-slice logits of a network trained on crops, as the mean of overlapping crop-sized windows weighted by a
+    Gaussian (nnU-Net's and MONAI's sliding-window inference).
+
+    A network trained on crops and applied to a whole slice sees a field it never saw in training; with instance
+    norm its feature statistics change too (a crop around a kidney holds far less air and fat than the slice). The
+    windows give it inputs of the size it was trained on. In training mode, or when the input is no larger than a
+    window, the network runs as it is.
+    """
+
+    def __init__(self, net: torch.nn.Module, patch_size, overlap: float, windows_per_batch: int = 16):
+        super().__init__()
+        self.net = net
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.overlap = float(overlap)
+        self.windows_per_batch = windows_per_batch
+
+    def forward(self, x):
+        if self.training or all(s <= p for s, p in zip(x.shape[2:], self.patch_size)):
+            return self.net(x)
+        from monai.inferers import sliding_window_inference
+
+        logits = sliding_window_inference(
+            x, self.patch_size, self.windows_per_batch, self.net, overlap=self.overlap, mode="gaussian"
+        )
+        return logits.as_tensor() if hasattr(logits, "as_tensor") else logits
+
+
+def for_whole_slices(net: torch.nn.Module, model_cfg: dict) -> torch.nn.Module:
+    """The network as validation and inference apply it to whole slices: in sliding windows of the training crop
+    when it trained on crops and ``window_overlap`` is set (else, and for older checkpoints, as it is)."""
+    patch, overlap = model_cfg.get("patch_size"), model_cfg.get("window_overlap")
+    if not patch or overlap is None or int(model_cfg.get("dims", 2)) == 3:  # 3D: segflow.volumes has its own windows
+        return net
+    return SlidingWindow(net, patch, overlap)
 
 
 def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:

@@ -14,13 +14,13 @@ import pickle
 import zipfile
 from pathlib import Path
 
-# Keys of model_cfg that change the weights only for some models; dropout never does.
+# Keys of model_cfg that change the weights only for some models; dropout and the crop/window sizes never do.
 ONLY_FOR_MODEL = {
     "num_res_units": ("unet",),
     "backbone": ("efficientnet_unet",),
     "norm": ("unet", "unetpp", "efficientnet_unet", "attention_unet"),
 }
-NOT_ARCHITECTURE = ("dropout",)
+NOT_ARCHITECTURE = ("dropout", "patch_size", "window_overlap")
 
 
 class ConfigError(ValueError):

@@ -36,7 +36,7 @@ from segflow.data import SliceDataset, build_augmentation, class_balanced_weight
 from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
-from segflow.models import build_model, class_labels, load_weights
+from segflow.models import build_model, class_labels, for_whole_slices, load_weights
 from segflow.seeding import derive_seed, rng_for, seed_everything
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,8 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
     loss_fn = build_loss(cfg)
     weights = class_balanced_weights(train_set.class_presence()) if cfg["class_balance"] else None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
-        hard = hard_slice_weights(model, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
+        whole = for_whole_slices(model, model_cfg(cfg))
+        hard = hard_slice_weights(whole, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
         weights = hard if weights is None else weights * hard
     return RoundSetup(
         cfg,
@@ -306,8 +307,10 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
         weights=setup.sample_weights,
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
+    # Validation sees whole slices, as inference does (in windows of the crop size for a crop-trained network).
+    whole = for_whole_slices(setup.model, model_cfg(cfg))
     val = evaluate(
-        setup.model,
+        whole,
         setup.val_set,
         setup.loss_fn,
         cfg["batch_size"],
