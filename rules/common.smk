@@ -14,7 +14,12 @@ sys.path.insert(0, str(WORKFLOW_SCRIPTS))
 from segflow.config_checks import check_config  # noqa: E402
 from segflow.labelsets import allowed_labels, label_names, n_classes  # noqa: E402
 from segflow.preflight import ConfigError, check_init_checkpoint  # noqa: E402
-from segflow.sources import case_inputs, case_params, list_cases  # noqa: E402
+from segflow.sources import (  # noqa: E402
+    case_inputs,
+    case_params,
+    list_cases,
+    source_module_name,
+)
 
 
 def _regroup_from_scratch():
@@ -102,8 +107,10 @@ def _relative_if_inside(path):
 def source_modules():
     """The library modules that import cases from the configured source."""
     source = config["dataset"]["source"]
+    if source_module_name(config["dataset"]) == "segflow.sources.organs":
+        return library("io", "sources/__init__", "sources/organs", "sources/synthetic")
     modules = {
-        "synthetic": ["sources/synthetic", "sources/organs"],
+        "synthetic": ["sources/synthetic"],
         "phantom": ["sources/phantom", "sources/common", "seeding"],
         "kits23": ["sources/kits", "sources/common", "download"],
         "kits19": ["sources/kits", "sources/common", "download"],

@@ -14,6 +14,7 @@ rule predict_case:
             "models",
             "networks",
             "volumes",
+            "seeding",
             "checkpoints",
             "inference",
             "predict",

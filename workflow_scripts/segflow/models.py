@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from segflow.networks import NORMS, build_network
+
 MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks
 # What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
 MODEL_KEYS = (
@@ -24,7 +26,6 @@ MODEL_KEYS = (
     "patch_size",
     "window_overlap",
 )
-NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
 
 class FirstOutput(torch.nn.Module):
@@ -81,8 +82,6 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
 
     name = cfg["model"]
     if cfg.get("dims", 2) == 3 or name == "deeplabv3plus":  # checkpoints from before train.dims are 2D
-        from segflow.networks import build_network
-
         return build_network(cfg, n_classes)
     channels = tuple(int(c) for c in cfg["channels"])
     strides = (2,) * (len(channels) - 1)

@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from torch import nn
 
 MODELS_3D = ("vnet", "unet", "dynunet", "segresnet")
+# train.norm -> MONAI's norm argument (segflow.models builds the 2D networks with the same table).
+NORMS = {"batch": ("batch", {}), "instance": ("instance", {"affine": True})}
 
 
 def build_network(cfg: dict, n_classes: int) -> nn.Module:
     """``cfg['model']`` for ``cfg['dims']`` (2: deeplabv3plus; 3: vnet, unet, dynunet, segresnet)."""
     from monai.networks import nets
-
-    from segflow.models import NORMS
 
     name, dims = cfg["model"], int(cfg.get("dims", 2))
     channels = tuple(int(c) for c in cfg["channels"])

@@ -12,14 +12,22 @@ from __future__ import annotations
 
 import numpy as np
 
+
+def to_hu(values: np.ndarray, scaling) -> np.ndarray:
+    """Stored values to float32 HU the way MONAI's loader gets them (nibabel's read scaling, then float32)."""
+    from nibabel.volumeutils import apply_read_scaling
+
+    if scaling is not None:
+        values = apply_read_scaling(values, np.asarray(scaling[0]), np.asarray(scaling[1]))
+    return np.asarray(values, dtype=np.float32)
+
+
 # Percentiles of larger volumes are taken on every k-th voxel: the figures move by far less than the noise.
 MAX_SAMPLE = 1 << 24
 
 
 def volume_statistics(stored: np.ndarray, scaling, percentiles) -> dict:
     """Clip bounds (the percentiles) and the mean and standard deviation after clipping, of one volume."""
-    from segflow.preprocess import to_hu
-
     step = max(1, int(np.ceil(stored.size / MAX_SAMPLE)))
     values = to_hu(np.asarray(stored).reshape(-1)[::step], scaling).astype(np.float64)
     values = values[np.isfinite(values)]

@@ -27,6 +27,7 @@ from segflow.cases import write_slice_index, write_slices
 from segflow.geometry import _chunks, _nearest, plan_grid, to_slices
 from segflow.io import atomic_dir, write_json
 from segflow.nifti_reader import read_voxels
+from segflow.normalise import to_hu, volume_statistics, zscore_transform
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,12 @@ def _resize_index(n_in: int, n_out: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- intensity
 
 
-def to_hu(values: np.ndarray, scaling) -> np.ndarray:
-    """Stored values to float32 HU the way MONAI's loader gets them (nibabel's read scaling, then float32)."""
-    from nibabel.volumeutils import apply_read_scaling
-
-    if scaling is not None:
-        values = apply_read_scaling(values, np.asarray(scaling[0]), np.asarray(scaling[1]))
-    return np.asarray(values, dtype=np.float32)
-
-
 def intensity_transform(cfg: dict):
     """Window to [0, 1] and gamma on float32 HU: MONAI's ScaleIntensityRange and the power the seed applied."""
     import torch
     from monai.transforms import ScaleIntensityRange
 
     if cfg.get("zscore"):  # modality mri: statistics of this volume (segflow.normalise), set by preprocess_case
-        from segflow.normalise import zscore_transform
-
         return zscore_transform(cfg["zscore"])
     low, high = cfg["window"]
     gamma = float(cfg["gamma"])
@@ -285,8 +275,6 @@ def preprocess_case(image_path, label_path, out_dir, cfg: dict) -> dict:
             resampling["shape"][1:] if resampling else [box[1].stop - box[1].start, box[2].stop - box[2].start]
         )
     if cfg.get("modality") == "mri":  # percentile clipping and z-score per volume instead of the HU window
-        from segflow.normalise import volume_statistics
-
         cfg["zscore"] = volume_statistics(hu_zhw[box], scaling, cfg["percentiles"])
     image_zhw = image_stack(hu_zhw[box], scaling, cfg, resampling)
     del stored, hu_zhw  # free the image before the labels are read: the peak is one volume, not two

@@ -61,7 +61,7 @@ class CaseInputs:
 
 def case_inputs(dataset: dict, case_ids: list[str]) -> dict[str, CaseInputs]:
     """{case id: CaseInputs} for every case (empty ones for sources that read no local files)."""
-    source = get_source(dataset["source"])
+    source = get_source(dataset)
     found = source.case_inputs(dataset, case_ids) if hasattr(source, "case_inputs") else {}
     return {case: found.get(case, CaseInputs()) for case in case_ids}
 
@@ -80,19 +80,29 @@ def identity_digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
-def get_source(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(SOURCES[name])
-    except KeyError:
-        raise SourceError(f"unknown dataset.source {name!r}; choose one of {sorted(SOURCES)}") from None
+def source_module_name(dataset: dict) -> str:
+    """The module that lists and imports the configured source's cases. The synthetic source's multi-organ and
+    MRI-like phantoms (``dataset.synthetic.organs`` / ``modality``) come from segflow.sources.organs, which builds
+    on the plain phantoms of segflow.sources.synthetic."""
+    name = dataset["source"]
+    if name not in SOURCES:
+        raise SourceError(f"unknown dataset.source {name!r}; choose one of {sorted(SOURCES)}")
+    synthetic = dataset.get("synthetic") or {}
+    if name == "synthetic" and ("organs" in synthetic or "modality" in synthetic):
+        return "segflow.sources.organs"
+    return SOURCES[name]
+
+
+def get_source(dataset: dict) -> ModuleType:
+    return importlib.import_module(source_module_name(dataset))
 
 
 def list_cases(dataset: dict, seed: int) -> list[str]:
-    return get_source(dataset["source"]).list_cases(dataset, seed)
+    return get_source(dataset).list_cases(dataset, seed)
 
 
 def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> None:
-    get_source(dataset["source"]).import_case(dataset, case_id, image_out, seg_out, seed)
+    get_source(dataset).import_case(dataset, case_id, image_out, seg_out, seed)
 
 
 def select_ids(all_ids: list[str], cases) -> list[str]:

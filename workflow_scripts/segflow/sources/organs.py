@@ -30,12 +30,24 @@ from segflow.sources.synthetic import (
     phantom_affine,
     record,
 )
+from segflow.sources.synthetic import (
+    list_cases as synthetic_cases,
+)
 
 ORGANS = ("liver", "spleen", "right_kidney", "left_kidney", "kidney", "aorta", "large_bowel", "small_bowel", "stomach")
 # HU -> T2-weighted-like signal (arbitrary units): fat and fluid bright, muscle and liver dark, flow void in the
 # aorta, cortical bone dark, air and gas black. np.interp between the anchors (HU ascending).
 MRI_ANCHORS_HU = (-1000, -850, -120, -100, -60, 0, 10, 40, 50, 60, 70, 95, 110, 150, 190, 220, 400, 1000, 3071)
 MRI_SIGNAL = (0, 10, 760, 850, 700, 950, 1000, 300, 250, 280, 330, 650, 550, 500, 450, 120, 200, 150, 150)
+
+
+def list_cases(dataset: dict, seed: int) -> list[str]:
+    return synthetic_cases(dataset, seed)  # the same case ids as the plain phantoms
+
+
+def import_case(dataset: dict, case_id: str, image_out: Path, seg_out: Path, seed: int) -> None:
+    """The synthetic source's case with organ labels or MRI-like contrast (segflow.sources chooses this module)."""
+    import_organ_case(dataset.get("synthetic", {}), case_id, image_out, seg_out, seed)
 
 
 def import_organ_case(synthetic: dict, case_id: str, image_out: Path, seg_out: Path, seed: int) -> None:

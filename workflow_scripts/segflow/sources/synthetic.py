@@ -56,12 +56,7 @@ def list_cases(dataset: dict, seed: int) -> list[str]:
 
 
 def import_case(dataset: dict, case_id: str, image_out: Path, seg_out: Path, seed: int) -> None:
-    synthetic = dataset.get("synthetic", {})
-    if "organs" in synthetic or "modality" in synthetic:  # multi-organ labels or MRI-like: segflow.sources.organs
-        from segflow.sources.organs import import_organ_case
-
-        import_organ_case(synthetic, case_id, image_out, seg_out, seed)
-        return
+    synthetic = dataset.get("synthetic", {})  # multi-organ and MRI-like phantoms: segflow.sources.organs
     image, label, affine = make_phantom(
         case_id,
         seed,
