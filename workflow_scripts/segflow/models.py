@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from segflow.networks import NORMS, build_network
+from segflow.networks import NORMS, build_network, segresnet
 
 MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks
 # What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
@@ -138,18 +138,7 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
             norm=norm,
         )
     if name == "segresnet":
-        # SegResNet normalises with groups (independent of the batch, like instance norm); train.norm is moot.
-        depth = len(channels)
-        return nets.SegResNet(
-            spatial_dims=2,
-            init_filters=channels[0],
-            in_channels=in_channels,
-            out_channels=n_classes,
-            blocks_down=(1,) + (2,) * (depth - 2) + (4,),
-            blocks_up=(1,) * (depth - 1),
-            dropout_prob=dropout or None,
-            num_groups=min(8, channels[0]),
-        )
+        return segresnet(2, channels, in_channels, n_classes, dropout)
     raise ValueError(f"unknown train.model {name!r}; choose one of {', '.join(MODELS)}")
 
 

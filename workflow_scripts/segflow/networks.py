@@ -73,17 +73,7 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
             res_block=True,
         )
     if name == "segresnet":
-        depth = len(channels)
-        return nets.SegResNet(
-            spatial_dims=3,
-            init_filters=channels[0],
-            in_channels=in_channels,
-            out_channels=n_classes,
-            blocks_down=(1,) + (2,) * (depth - 2) + (4,),
-            blocks_up=(1,) * (depth - 1),
-            dropout_prob=dropout or None,
-            norm=("GROUP", {"num_groups": min(8, channels[0])}),
-        )
+        return segresnet(3, channels, in_channels, n_classes, dropout)
     raise ValueError(
         f"train.model {name!r} is not a 3D model; with train.dims 3 choose vnet, unet, dynunet or segresnet"
     )
@@ -158,3 +148,21 @@ class DeepLabV3Plus(nn.Module):
         deep = F.interpolate(deep, size=low.shape[2:], mode="bilinear", align_corners=False)
         out = self.head(self.fuse(torch.cat([deep, low], dim=1)))
         return F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+
+
+def segresnet(spatial_dims: int, channels, in_channels: int, n_classes: int, dropout: float) -> nn.Module:
+    """MONAI's SegResNet with ``len(channels)`` levels from ``channels[0]`` filters, 2D or 3D. It normalises with
+    groups (independent of the batch, like instance norm), so train.norm is moot."""
+    from monai.networks import nets
+
+    depth = len(channels)
+    return nets.SegResNet(
+        spatial_dims=spatial_dims,
+        init_filters=channels[0],
+        in_channels=in_channels,
+        out_channels=n_classes,
+        blocks_down=(1,) + (2,) * (depth - 2) + (4,),
+        blocks_up=(1,) * (depth - 1),
+        dropout_prob=dropout or None,
+        norm=("GROUP", {"num_groups": min(8, channels[0])}),
+    )
