@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from module_graph import all_modules, closure, find_cycle, graph, imports_of
-from workflow import rule_blocks
 
 REPO = Path(__file__).resolve().parents[1]
 NOT_AN_INPUT = {"logs"}
@@ -24,11 +23,13 @@ DYNAMIC = {"download_case"}
 def rule_libraries() -> dict[str, tuple[str, set[str]]]:
     """rule -> (its script's name, the modules its ``library(...)`` input lists), read from rules/*.smk."""
     rules = {}
-    for name, block in rule_blocks().items():
-        script = re.search(r'script:\s*"\.\./workflow_scripts/(\w+)\.py"', block)
-        library = re.search(r"library=library\(([^)]*)\)", block)
-        if script and library:
-            rules[name] = (script.group(1), set(re.findall(r'"([\w/]+)"', library.group(1))))
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for block in re.split(r"\n(?=(?:rule|checkpoint) \w+:)", smk.read_text()):
+            head = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            script = re.search(r'script:\s*"\.\./workflow_scripts/(\w+)\.py"', block)
+            library = re.search(r"library=library\(([^)]*)\)", block)
+            if head and script and library:
+                rules[head.group(1)] = (script.group(1), set(re.findall(r'"([\w/]+)"', library.group(1))))
     return rules
 
 

@@ -69,24 +69,15 @@ def jobs_run(run_output: str) -> list[tuple[str, str]]:
     return jobs
 
 
-def rule_blocks(repo: Path = REPO) -> dict[str, str]:
-    """rule (or checkpoint) name -> the text of its declaration, read from rules/*.smk."""
-    blocks = {}
-    for smk in sorted((repo / "rules").glob("*.smk")):
-        for block in re.split(r"(?m)^(?=(?:rule|checkpoint) )", smk.read_text()):
-            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
-            if name:
-                blocks[name.group(1)] = block
-    return blocks
-
-
 def rule_resources(repo: Path = REPO) -> dict[str, dict[str, int]]:
     """Each rule's own memory (first attempt, MB) and runtime (minutes), read from rules/*.smk: the one place they
     are set (profiles add site settings only)."""
     found = {}
-    for name, block in rule_blocks(repo).items():
-        memory = re.search(r"mem_mb=lambda wildcards, attempt: (\d+) \* attempt", block)
-        runtime = re.search(r"runtime=(\d+)", block)
-        if memory and runtime:
-            found[name] = {"mem_mb": int(memory.group(1)), "runtime": int(runtime.group(1))}
+    for smk in sorted((repo / "rules").glob("*.smk")):
+        for block in re.split(r"(?m)^(?=(?:rule|checkpoint) )", smk.read_text()):
+            name = re.match(r"(?:rule|checkpoint) (\w+):", block)
+            memory = re.search(r"mem_mb=lambda wildcards, attempt: (\d+) \* attempt", block)
+            runtime = re.search(r"runtime=(\d+)", block)
+            if name and memory and runtime:
+                found[name.group(1)] = {"mem_mb": int(memory.group(1)), "runtime": int(runtime.group(1))}
     return found
