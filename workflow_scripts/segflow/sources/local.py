@@ -17,11 +17,12 @@ by path relative to ``dataset.path``.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from segflow.download import load_manifest, normalise_name, verify_file
-from segflow.io import save_nifti
+from segflow.io import atomic_path, save_nifti
 from segflow.sources import SourceError, select_ids
 from segflow.sources.common import (
     VOLUME_SUFFIXES,
@@ -98,7 +99,14 @@ def import_image(source: Path, dest) -> str:
 
 def import_labels(source: Path, dest, label_map: dict | None) -> str:
     if label_map is None and is_plain_label_nifti(source):
-        return link_or_copy(source, dest)
+        # Copied, never linked. Snakemake touches a job's outputs one after the other and then checks that none is
+        # older than the newest input. With both files linked, the image (touched first) would be older than the
+        # source segmentation (touched second, through the link) whenever the two touches fall in different
+        # clock ticks: a "clock skew" error that depends on load. With only the image linked (the first output of
+        # download_case, so touched first) every output is at least as new as every input. Labels are small.
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(source, tmp)
+        return "copied"
     array, affine = read_volume(source)
     labels = apply_label_map(array, label_map) if label_map else to_uint8_labels(array, str(source))
     save_nifti(dest, labels, affine)
