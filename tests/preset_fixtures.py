@@ -44,7 +44,7 @@ def rle_encode(mask: np.ndarray) -> str:
     return " ".join(f"{s} {e - s}" for s, e in zip(edges[0::2], edges[1::2]))
 
 
-UW_CASE_DAYS = ("case1_day0", "case1_day2", "case2_day0", "case3_day0", "case4_day0", "case5_day0")
+UW_CASE_DAYS = ("case1_day0", "case1_day2", "case2_day0", "case3_day0")  # case1: two days of one patient
 
 
 def uwmgi_folder(folder: Path, matrix: int = 64, slices=(20, 32), seed: int = 3, modality: str = "mri") -> Path:

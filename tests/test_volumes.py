@@ -91,6 +91,25 @@ def test_every_3d_model_takes_a_step_on_patches(model):
     out.mean().backward()
 
 
+@pytest.mark.parametrize("width", [4, 16])  # ScaledVNet, and MONAI's own VNet at its published width
+def test_vnet_follows_train_norm_and_train_dropout(width):
+    cfg = {**CONFIG["train"], "channels": [width, 2 * width], "dropout": 0.0}
+    batch, instance = (build_model({**cfg, "norm": norm}, n_classes=5) for norm in ("batch", "instance"))
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in batch.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in instance.modules())
+    norms = [m for m in instance.modules() if isinstance(m, torch.nn.InstanceNorm3d)]
+    assert len(norms) == sum(isinstance(m, torch.nn.BatchNorm3d) for m in batch.modules()) and norms[0].affine
+    # No running statistics and no dropout left (MONAI's VNet hard-codes 0.5 on two skips): eval equals training.
+    x = torch.rand(1, 1, 16, 32, 32)
+    with torch.no_grad():
+        evaluated = instance.eval()(x)
+        assert torch.allclose(instance.train()(x), evaluated, atol=1e-5)
+    dropouts = {
+        m.p for m in build_model({**cfg, "dropout": 0.2}, n_classes=5).modules() if isinstance(m, torch.nn.Dropout3d)
+    }
+    assert dropouts == {0.2}
+
+
 def test_3d_round_trains_and_predicts_on_the_original_grid(tmp_path):
     dirs = make_volume_cases(tmp_path)
     out = outputs_in(tmp_path / "round")

@@ -39,14 +39,21 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
         raise ValueError(f"train.model {name!r} with train.dims {dims}: not a network of segflow.networks")
     if name == "vnet":
         if channels[0] == 16:
-            return nets.VNet(
+            vnet = nets.VNet(
                 spatial_dims=3,
                 in_channels=in_channels,
                 out_channels=n_classes,
                 dropout_prob_down=dropout,
                 dropout_prob_up=(dropout, dropout),
             )
-        return ScaledVNet(in_channels, n_classes, channels[0], dropout)
+        else:
+            vnet = ScaledVNet(in_channels, n_classes, channels[0], dropout)
+        # MONAI builds its two upper up-transitions with a fixed 0.5 channel dropout on the skip connection,
+        # whatever the arguments: train.dropout is the one dropout rate of every layer.
+        for layer in vnet.modules():
+            if isinstance(layer, nn.Dropout3d):
+                layer.p = dropout
+        return with_instance_norm(vnet) if cfg.get("norm", "batch") == "instance" else vnet
     if name == "unet":
         return nets.UNet(
             spatial_dims=3,
@@ -77,6 +84,18 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
     raise ValueError(
         f"train.model {name!r} is not a 3D model; with train.dims 3 choose vnet, unet, dynunet or segresnet"
     )
+
+
+def with_instance_norm(network: nn.Module) -> nn.Module:
+    """``network`` with every BatchNorm3d replaced by an affine InstanceNorm3d of the same width. MONAI's VNet
+    hard-codes batch norm; with the batch of 2 patches that fits a 3D step, its running statistics are those of a
+    handful of patches and evaluation in eval mode drifts from training (docs/training.md, the 3D tries)."""
+    for name, child in network.named_children():
+        if isinstance(child, nn.BatchNorm3d):
+            setattr(network, name, nn.InstanceNorm3d(child.num_features, eps=child.eps, affine=True))
+        else:
+            with_instance_norm(child)
+    return network
 
 
 class ScaledVNet(nn.Module):
