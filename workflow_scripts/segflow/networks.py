@@ -87,9 +87,10 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
 
 
 def with_instance_norm(network: nn.Module) -> nn.Module:
-    """``network`` with every BatchNorm3d replaced by an affine InstanceNorm3d of the same width. MONAI's VNet
-    hard-codes batch norm; with the batch of 2 patches that fits a 3D step, its running statistics are those of a
-    handful of patches and evaluation in eval mode drifts from training (docs/training.md, the 3D tries)."""
+    """``network`` with every BatchNorm3d replaced by an affine InstanceNorm3d of the same width (``train.norm:
+    instance`` for MONAI's VNet, which hard-codes batch norm). With the batch of 2 patches that fits a 3D step,
+    batch statistics come from a handful of patches; instance norm keeps none. On the synthetic organ phantoms
+    batch norm still won (docs/training.md), so the flare22 preset keeps it."""
     for name, child in network.named_children():
         if isinstance(child, nn.BatchNorm3d):
             setattr(network, name, nn.InstanceNorm3d(child.num_features, eps=child.eps, affine=True))
