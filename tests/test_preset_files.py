@@ -1,0 +1,49 @@
+"""Every preset, layered as its header says, passes the schema and the start-up checks, and keeps the settings
+its measured row chose (docs/quality.md, docs/training.md)."""
+
+import copy
+
+import pytest
+import yaml
+from helpers import config_with_defaults
+from workflow import REPO
+
+from segflow.config_checks import check_config
+
+LAYERINGS = [
+    ["kits23.yaml"],
+    ["kits23.yaml", "kits23-cpu.yaml"],
+    ["kits19.yaml"],
+    ["flare22.yaml"],
+    ["uwmgi.yaml"],
+]
+
+
+def layered(names: list[str]) -> dict:
+    """config/config.yaml, then each file, merged key by key as Snakemake merges --configfile layers."""
+
+    def merge(base: dict, over: dict) -> dict:
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = copy.deepcopy(value)
+        return base
+
+    config: dict = {}
+    for name in ["config.yaml", *names]:
+        merge(config, yaml.safe_load((REPO / "config" / name).read_text()) or {})
+    return config_with_defaults(config)
+
+
+@pytest.mark.parametrize("names", LAYERINGS, ids=lambda names: "+".join(names))
+def test_each_preset_passes_the_schema_and_the_start_up_checks(names):
+    check_config(layered(names))
+
+
+def test_the_cpu_preset_trains_on_label_centred_crops_seen_whole_in_windows():
+    """The c rows of docs/quality.md won against whole slices on every figure; the preset is c2_crops_budget."""
+    train = layered(["kits23.yaml", "kits23-cpu.yaml"])["train"]
+    assert train["patch_size"] == [128, 128] and train["window_overlap"] == 0.5
+    assert (train["rounds"], train["epochs"], train["samples_per_epoch"], train["batch_size"]) == (2, 10, 4000, 32)
+    assert train["norm"] == "instance" and train["lr_schedule"] == "poly" and train["batch_dice"]
