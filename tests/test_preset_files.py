@@ -1,8 +1,6 @@
 """Every preset, layered as its header says, passes the schema and the start-up checks, and keeps the settings
 its measured row chose (docs/quality.md, docs/training.md)."""
 
-import copy
-
 import pytest
 import yaml
 from helpers import config_with_defaults
@@ -20,19 +18,12 @@ LAYERINGS = [
 
 
 def layered(names: list[str]) -> dict:
-    """config/config.yaml, then each file, merged key by key as Snakemake merges --configfile layers."""
-
-    def merge(base: dict, over: dict) -> dict:
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-        return base
+    """config/config.yaml, then each file, merged by Snakemake's own --configfile merge."""
+    from snakemake.utils import update_config
 
     config: dict = {}
     for name in ["config.yaml", *names]:
-        merge(config, yaml.safe_load((REPO / "config" / name).read_text()) or {})
+        update_config(config, yaml.safe_load((REPO / "config" / name).read_text()) or {})
     return config_with_defaults(config)
 
 

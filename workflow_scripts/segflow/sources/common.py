@@ -206,6 +206,13 @@ def is_plain_label_nifti(path: str | Path) -> bool:
     return header.get_data_dtype() == np.uint8 and unscaled
 
 
+def copy_atomically(source: str | Path, dest: str | Path) -> str:
+    """Copy ``source`` to ``dest`` through a temporary name, so ``dest`` is whole or absent. Returns ``"copied"``."""
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(source, tmp)
+    return "copied"
+
+
 def link_or_copy(source: str | Path, dest: str | Path) -> str:
     """Put ``source`` at ``dest`` atomically: a hard link where the filesystem allows, else a copy.
 

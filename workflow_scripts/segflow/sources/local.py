@@ -17,18 +17,18 @@ by path relative to ``dataset.path``.
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from segflow.download import load_manifest, normalise_name, verify_file
-from segflow.io import atomic_path, save_nifti
+from segflow.io import save_nifti
 from segflow.sources import SourceError, select_ids
 from segflow.sources.common import (
     VOLUME_SUFFIXES,
     apply_label_map,
     check_case_ids,
     companion_files,
+    copy_atomically,
     dataset_path,
     is_plain_label_nifti,
     link_or_copy,
@@ -104,9 +104,7 @@ def import_labels(source: Path, dest, label_map: dict | None) -> str:
         # source segmentation (touched second, through the link) whenever the two touches fall in different
         # clock ticks: a "clock skew" error that depends on load. With only the image linked (the first output of
         # download_case, so touched first) every output is at least as new as every input. Labels are small.
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(source, tmp)
-        return "copied"
+        return copy_atomically(source, dest)
     array, affine = read_volume(source)
     labels = apply_label_map(array, label_map) if label_map else to_uint8_labels(array, str(source))
     save_nifti(dest, labels, affine)
