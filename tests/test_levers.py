@@ -55,13 +55,30 @@ def test_slice_dataset_gives_the_neighbours_as_channels(tmp_path):
 def test_training_crops_keep_full_resolution_pixels(tmp_path):
     image, seg = write_case(tmp_path / "raw")
     preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [32, 32]})
-    transform = build_augmentation({"enabled": False}, patch_size=[16, 16], foreground_fraction=1.0)
+    transform = build_augmentation({"enabled": False}, patch_size=[16, 16])
     dataset = SliceDataset([tmp_path / "a"], transform=transform, context=3)
     transform.set_random_state(seed=0)
     sample = dataset[3]  # a slice with labels: the crop is centred on one
     assert sample["image"].shape == (3, 16, 16) and sample["label"].shape == (1, 16, 16)
     assert sample["label"].max() > 0
     assert dataset[0]["image"].shape == (3, 16, 16)  # no labels: a random crop, no error
+
+
+def test_crops_of_labelled_slices_are_centred_on_a_label_each_label_equally():
+    # A 64x64 slice: a large kidney and a small tumour. The crop centre is pixel (8, 8) of the 16x16 crop.
+    label = np.zeros((1, 64, 64), np.int64)
+    label[0, 10:50, 10:50] = 1
+    label[0, 30:34, 30:34] = 2
+    transform = build_augmentation({"enabled": False}, patch_size=[16, 16])
+    transform.set_random_state(seed=0)
+    sample = {"image": label.astype(np.float32), "label": label}
+    centres = [int(transform(sample)[0]["label"][0, 8, 8]) for _ in range(400)]  # one crop per call, in a list
+    counts = np.bincount(centres, minlength=3)
+    # No background centre on a slice with labels (the slice draw decides the background share, once), and the
+    # 16-pixel tumour is centred as often as the 1600-pixel kidney.
+    assert counts[0] == 0 and abs(counts[1] - counts[2]) < 80
+    empty = np.zeros((1, 64, 64), np.int64)
+    assert transform({"image": empty.astype(np.float32), "label": empty})[0]["label"].shape == (1, 16, 16)
 
 
 def test_probability_restore_matches_the_label_path_on_one_hot_input(tmp_path):

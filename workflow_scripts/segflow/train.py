@@ -222,7 +222,7 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
         train_dirs, val_dirs = [case_dirs[c] for c in train_ids], [case_dirs[c] for c in val_ids]
         train_set, val_set = patch_datasets(train_dirs, val_dirs, cfg, n_classes, round_seed)
     else:
-        augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], cfg["foreground_fraction"], n_classes)
+        augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], n_classes)
         context = cfg["context_slices"]
         train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
         val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
