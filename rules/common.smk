@@ -231,6 +231,11 @@ SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
 TRAIN_ROUND_PARAMS = {
     k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS
 }
+# The regions train.dice_targets: regions takes Dice over; with classes they are not a param of the rounds, so
+# renaming a scored region then reruns no training.
+TRAIN_REGIONS = (
+    config["score"]["regions"] if config["train"]["dice_targets"] == "regions" else None
+)
 
 
 def get_init_checkpoint(wildcards):

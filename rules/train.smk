@@ -36,6 +36,7 @@ rule train_round:
     params:
         train=TRAIN_ROUND_PARAMS,
         label_set=LABEL_SET,
+        regions=TRAIN_REGIONS,
         seed=config["seed"],
     script:
         "../workflow_scripts/train_round.py"

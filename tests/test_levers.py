@@ -8,6 +8,7 @@ from helpers import config_with_defaults, write_case
 
 from segflow.cases import load_case
 from segflow.checkpoints import load_models, save_checkpoint, save_ensemble
+from segflow.config_checks import check_config
 from segflow.data import (
     SliceDataset,
     build_augmentation,
@@ -17,7 +18,9 @@ from segflow.data import (
     epoch_indices,
 )
 from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
+from segflow.losses import RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
+from segflow.preflight import ConfigError
 from segflow.preprocess import preprocess_case
 from segflow.restore import restore_labels, restore_probabilities
 from segflow.train import build_scheduler, validation_subset
@@ -271,3 +274,61 @@ def test_a_crop_trained_checkpoint_predicts_in_windows(tmp_path):
     )
     assert probabilities.shape == (3, 4, 24, 24)
     assert np.allclose(probabilities.astype(np.float32).sum(axis=1), 1, atol=1e-2)
+
+
+KITS_REGIONS = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
+
+
+def confident_logits(labels: torch.Tensor, n_classes: int = 4) -> torch.Tensor:
+    """(N, C, H, W) logits whose softmax is (almost) the one-hot of ``labels`` (N, H, W)."""
+    return torch.nn.functional.one_hot(labels, n_classes).movedim(-1, 1).float() * 20.0
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_region_dice_with_one_class_per_region_is_monai_class_dice(batch):
+    from monai.losses import DiceLoss
+
+    logits, target = torch.randn(3, 4, 16, 16), torch.randint(0, 4, (3, 1, 16, 16))
+    regions = RegionDiceLoss({"a": [1], "b": [2], "c": [3]}, 4, batch=batch)(logits, target)
+    classes = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch)(logits, target)
+    assert torch.isclose(regions, classes, atol=1e-4)
+
+
+def test_region_dice_forgives_confusion_inside_a_region_and_counts_the_rest():
+    # A kidney (1) around a tumour (2); the prediction calls the tumour a cyst (3). Over KiTS's regions only the
+    # tumour region is wrong (loss 1/3); over classes, tumour and cyst both are (2/3).
+    target = torch.zeros(1, 32, 32, dtype=torch.long)
+    target[0, 8:24, 8:24] = 1
+    target[0, 12:20, 12:20] = 2
+    predicted = torch.where(target == 2, 3, target)
+    regions = RegionDiceLoss(KITS_REGIONS, 4)(confident_logits(predicted), target[:, None])
+    assert regions.item() == pytest.approx(1 / 3, abs=1e-3)
+    classes = RegionDiceLoss({"kidney": [1], "tumor": [2], "cyst": [3]}, 4)(
+        confident_logits(predicted), target[:, None]
+    )
+    assert classes.item() == pytest.approx(2 / 3, abs=1e-3)
+    # A perfect prediction scores 0, one that misses everything 1.
+    assert RegionDiceLoss(KITS_REGIONS, 4)(confident_logits(target), target[:, None]).item() == pytest.approx(
+        0, abs=1e-3
+    )
+    empty = torch.zeros_like(target)
+    assert RegionDiceLoss(KITS_REGIONS, 4)(confident_logits(empty), target[:, None]).item() == pytest.approx(
+        1, abs=1e-3
+    )
+
+
+def test_region_loss_trains_and_refuses_what_cannot_work():
+    cfg = {**TRAIN, "context_slices": 1, "loss": "dice_ce", "dice_targets": "regions", "batch_dice": True}
+    model = build_model(cfg, n_classes=4)
+    loss = build_loss(cfg, KITS_REGIONS, 4)(model(torch.rand(2, 1, 32, 32)), torch.randint(0, 4, (2, 1, 32, 32)))
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="train.loss 'dice_focal'"):
+        build_loss({**cfg, "loss": "dice_focal"}, KITS_REGIONS, 4)
+    with pytest.raises(ValueError, match="score.regions.tumor holds label 5"):
+        build_loss(cfg, {"tumor": [5]}, 4)
+    # At start-up, one line naming the keys.
+    with pytest.raises(ConfigError, match="train.dice_targets is regions but train.loss is ce"):
+        check_config(config_with_defaults({"train": {"dice_targets": "regions", "loss": "ce"}}))
+    check_config(config_with_defaults({"train": {"dice_targets": "regions"}}))

@@ -15,6 +15,7 @@ LEVERS = {
         "patch_size": [48, 48],
         "lr_schedule": "poly",
         "batch_dice": True,
+        "dice_targets": "regions",
         "val_max_slices": 40,
         "ensemble": 2,
         "postprocess": ["largest_foreground", "masses_in_kidneys"],
@@ -33,6 +34,9 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     assert len(summary["ensemble"]) == 2 and set(summary["ensemble_rounds"]) == {0, 1}
     assert set(summary["postprocess"]) <= set(LEVERS["train"]["postprocess"])
     assert {row["step"] for row in summary["postprocess_table"]} == set(LEVERS["train"]["postprocess"])
+    for round_index in (0, 1):
+        log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
+        assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
     best = torch.load(results / "train/best.pt", weights_only=False)
     assert len(best["members"]) == 2 and best["members"][0]["model_cfg"]["context_slices"] == 3
 

@@ -22,7 +22,7 @@ def main(smk):
     )
     holdout_dirs = [d for c, d in sorted(case_dirs.items()) if table.loc[c, "patient_id"] in held_out]
     logging.info("fixed holdout: %s", [d.name for d in holdout_dirs] or "none (train.holdout_fraction is 0)")
-    holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads)
+    holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads, smk.params.regions)
     choice = select_best_round(
         list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"], cfg["ensemble"]
     )

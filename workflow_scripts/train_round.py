@@ -23,6 +23,7 @@ def main(smk):
         threads=smk.threads,
         n_classes=smk.params.label_set["n_classes"],
         class_names={int(value): name for value, name in smk.params.label_set["names"].items()},
+        regions=smk.params.regions,
     )
 
 

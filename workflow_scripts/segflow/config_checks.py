@@ -58,6 +58,14 @@ def check_config(config: dict) -> None:
             raise ConfigError(
                 "preprocess.format png stores [0, 1] intensities as 8 bits; modality mri (z-scores) needs npy"
             )
+    if train["dice_targets"] == "regions":
+        if train["loss"] not in ("dice", "dice_ce"):
+            raise ConfigError(
+                f"train.dice_targets is regions but train.loss is {train['loss']}, which has no Dice part to take "
+                "over the regions; choose train.loss dice or dice_ce, or set train.dice_targets to classes"
+            )
+        if not score["regions"]:
+            raise ConfigError("train.dice_targets is regions but score.regions is empty; name the regions there")
     allowed = set(allowed_labels(config))
     unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
     if unknown:

@@ -2,6 +2,11 @@
 
 ``dice_focal`` with ``loss_weights.dice`` 0.4, ``loss_weights.focal`` 0.6, ``focal_alpha`` 0.25 and
 ``focal_gamma`` 2 is the combination one of the seeds used.
+
+``train.dice_targets: regions`` takes the Dice part over the scored regions (``score.regions``, e.g. KiTS's
+kidney+masses, masses, tumour) instead of over each class: a region's probability is the sum of its classes'
+softmax. The network and everything after it stay the same (softmax over classes); only what the Dice rewards
+changes, towards what is scored. nnU-Net trains KiTS on the same regions (with sigmoids).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import torch
 
 LOSSES = ("ce", "dice", "dice_ce", "dice_focal")
+REGION_LOSSES = ("dice", "dice_ce")  # the losses whose Dice part train.dice_targets: regions can replace
 
 
 class CrossEntropy(torch.nn.Module):
@@ -22,12 +28,57 @@ class CrossEntropy(torch.nn.Module):
         return self.loss(logits, target[:, 0].long())
 
 
-def build_loss(cfg: dict) -> torch.nn.Module:
+class RegionDiceLoss(torch.nn.Module):
+    """1 - mean soft Dice over regions, each region's probability the sum of its member classes' softmax.
+
+    ``regions``: {name: [label values]}. With ``batch`` the intersections and volumes are pooled over the batch
+    (nnU-Net's batch Dice), else each sample scores alone and the mean is taken over samples and regions.
+    """
+
+    def __init__(self, regions: dict, n_classes: int, batch: bool = True, smooth: float = 1e-5):
+        super().__init__()
+        membership = torch.zeros(len(regions), n_classes)
+        for row, (name, members) in enumerate(regions.items()):
+            for value in members:
+                if not 0 < int(value) < n_classes:
+                    raise ValueError(f"score.regions.{name} holds label {value}, outside 1..{n_classes - 1}")
+                membership[row, int(value)] = 1.0
+        self.register_buffer("membership", membership)
+        self.batch, self.smooth = batch, smooth
+
+    def forward(self, logits, target):
+        probability = torch.softmax(logits.float(), dim=1)
+        onehot = torch.nn.functional.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
+        predicted = torch.einsum("nc...,rc->nr...", probability, self.membership)
+        reference = torch.einsum("nc...,rc->nr...", onehot, self.membership)
+        dims = (0, *range(2, logits.dim())) if self.batch else tuple(range(2, logits.dim()))
+        intersection = (predicted * reference).sum(dims)
+        volume = predicted.sum(dims) + reference.sum(dims)
+        return 1.0 - ((2.0 * intersection + self.smooth) / (volume + self.smooth)).mean()
+
+
+class WeightedSum(torch.nn.Module):
+    """``sum(weight * loss(logits, target))`` over (weight, loss) pairs."""
+
+    def __init__(self, parts):
+        super().__init__()
+        self.weights = [float(w) for w, _ in parts]
+        self.parts = torch.nn.ModuleList(loss for _, loss in parts)
+
+    def forward(self, logits, target):
+        return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.parts))
+
+
+def build_loss(cfg: dict, regions: dict | None = None, n_classes: int | None = None) -> torch.nn.Module:
+    """The loss ``cfg`` (``train``) names. ``regions`` ({name: [label values]}, ``score.regions``) and
+    ``n_classes`` are needed with ``dice_targets: regions``."""
     from monai import losses
 
     name = cfg["loss"]
     weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
+    if cfg.get("dice_targets", "classes") == "regions":
+        return _region_loss(name, regions, n_classes, bool(cfg["batch_dice"]), dice_weight, other_weight)
     common = {"to_onehot_y": True, "softmax": True, "include_background": False, "smooth_nr": 1e-5, "smooth_dr": 1e-5}
     # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
     # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
@@ -48,3 +99,14 @@ def build_loss(cfg: dict) -> torch.nn.Module:
             alpha=cfg["focal_alpha"],
         )
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")
+
+
+def _region_loss(name: str, regions, n_classes, batch: bool, dice_weight: float, ce_weight: float):
+    if name not in REGION_LOSSES:
+        raise ValueError(f"train.dice_targets regions replaces a Dice part; train.loss {name!r} has none or another "
+                         f"(choose one of {', '.join(REGION_LOSSES)})")  # fmt: skip
+    if not regions or not n_classes:
+        raise ValueError("train.dice_targets regions needs score.regions (region name -> label values)")
+    dice = RegionDiceLoss(regions, n_classes, batch)
+    # Cross-entropy stays over classes: the argmax that makes the label map needs the classes apart.
+    return dice if name == "dice" else WeightedSum([(dice_weight, dice), (ce_weight, CrossEntropy())])

@@ -23,17 +23,19 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_on_holdout(
-    checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1
+    checkpoints: list[Path], case_dirs: list[Path], cfg: dict, threads: int = 1, regions: dict | None = None
 ) -> list[Scores | None]:
-    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout)."""
+    """Every round's best model on the same fixed holdout slices (None for all when there is no holdout), with the
+    loss it trained with (``regions``: ``score.regions``, for ``train.dice_targets: regions``)."""
     if not case_dirs:
         return [None] * len(checkpoints)
     torch.set_num_threads(max(1, threads))
     device = pick_device(cfg["device"])
-    loss_fn, dtype = build_loss(cfg), amp_dtype_for(device, cfg)
+    dtype = amp_dtype_for(device, cfg)
     results = []
     for checkpoint in checkpoints:
         model, meta = load_model(checkpoint, device)
+        loss_fn = build_loss(cfg, regions, meta["n_classes"]).to(device)
         three_d = meta["model_cfg"].get("dims", 2) == 3
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)

@@ -172,15 +172,17 @@ def train_round(
     threads: int = 1,
     n_classes: int = 4,
     class_names: dict | None = None,
+    regions: dict | None = None,
 ) -> pd.DataFrame:
     """Train one round (resuming from its saved state when there is one); return the per-epoch metrics.
 
-    ``n_classes`` and ``class_names`` ({label value: name}) come from the config's label set (segflow.labelsets)."""
+    ``n_classes`` and ``class_names`` ({label value: name}) come from the config's label set (segflow.labelsets);
+    ``regions`` ({name: label values}, ``score.regions``) is what ``train.dice_targets: regions`` takes Dice over."""
     torch.set_num_threads(max(1, threads))
     with _stop_on_sigterm():
-        setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes)
+        setup = _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes, regions)
         setup.class_names = class_names or CLASS_NAMES
-        fingerprint = _fingerprint(cfg, seed, round_index, case_dirs, init_checkpoint)
+        fingerprint = _fingerprint(cfg, seed, round_index, case_dirs, init_checkpoint, regions)
         state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
             state.record(_run_epoch(setup, state.next_epoch), setup.model)
@@ -191,7 +193,9 @@ def train_round(
     return _finish_round(setup, state, outputs)
 
 
-def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes) -> RoundSetup:
+def _setup_round(
+    case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes, regions=None
+) -> RoundSetup:
     round_seed = derive_seed(seed, "train_round", round_index)
     seed_everything(round_seed)
     case_ids = sorted(case_dirs)
@@ -226,7 +230,9 @@ def _setup_round(case_dirs, patients, round_index, cfg, seed, outputs, init_chec
         context = cfg["context_slices"]
         train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
         val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
-    loss_fn = build_loss(cfg)
+    loss_fn = build_loss(cfg, regions, n_classes).to(device)
+    if cfg.get("dice_targets") == "regions":
+        log.info("round %d: %s loss, Dice over the regions %s", round_index, cfg["loss"], ", ".join(regions))
     weights = class_balanced_weights(train_set.class_presence()) if cfg["class_balance"] else None
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
         whole = for_whole_slices(model, model_cfg(cfg))
@@ -484,15 +490,17 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
 # --- resume and the end of a round ------------------------------------------------------------------------------------
 
 
-def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_checkpoint) -> dict:
+def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_checkpoint, regions=None) -> dict:
     """What a saved state must match to be resumed: the training config (train_round's params, which leave out the
-    keys only select_model reads), seed and round, the starting weights, and
+    keys only select_model reads, and the regions of a region loss), seed and round, the starting weights, and
     the data training reads (one identity per preprocessed case, see :func:`case_identity`).
 
     A dict of parts, so that a mismatch can say what changed."""
     warm_start = cfg["init_checkpoint"] if init_checkpoint is None else None  # as _initialise chooses
     return {
-        "config": _digest(json.dumps([cfg, seed, round_index], sort_keys=True, default=str).encode()),
+        "config": _digest(
+            json.dumps([cfg, seed, round_index, *([regions] if regions else [])], sort_keys=True, default=str).encode()
+        ),  # fmt: skip
         "init": {str(p): _file_digest(p) for p in (init_checkpoint, warm_start) if p},
         "cases": {case: case_identity(case_dirs[case]) for case in sorted(case_dirs)},
     }
