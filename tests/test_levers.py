@@ -84,6 +84,46 @@ def test_crops_of_labelled_slices_are_centred_on_a_label_each_label_equally():
     assert transform({"image": empty.astype(np.float32), "label": empty})[0]["label"].shape == (1, 16, 16)
 
 
+def test_scanner_augmentations_change_the_image_only_and_stay_off_by_default():
+    from monai.transforms import RandAdjustContrastd, RandGaussianNoised, RandGaussianSmoothd
+
+    augment = config_with_defaults()["train"]["augment"]
+    plain = build_augmentation(augment)
+    assert not any(
+        isinstance(t, (RandGaussianNoised, RandGaussianSmoothd, RandAdjustContrastd)) for t in plain.transforms
+    )
+    spatial_off = {"flip_prob": 0.0, "affine_prob": 0.0, "intensity_prob": 0.0}
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(0.5, 0.2, (3, 32, 32)), 0, 1).astype(np.float32)  # 2.5D: three channels
+    label = (rng.random((1, 32, 32)) > 0.7).astype(np.int64)
+    for key, kind in (("noise_prob", RandGaussianNoised), ("blur_prob", RandGaussianSmoothd),
+                      ("gamma_prob", RandAdjustContrastd)):  # fmt: skip
+        transform = build_augmentation({**augment, **spatial_off, key: 1.0})
+        assert [type(t) for t in transform.transforms].count(kind) == 1
+        transform.set_random_state(seed=1)
+        out = transform({"image": image.copy(), "label": label.copy()})
+        assert out["image"].shape == image.shape and not np.allclose(np.asarray(out["image"]), image), key
+        assert np.array_equal(np.asarray(out["label"]), label), key
+        transform.set_random_state(seed=1)  # seeded: the same draw again
+        again = transform({"image": image.copy(), "label": label.copy()})
+        assert np.allclose(np.asarray(again["image"]), np.asarray(out["image"])), key
+    # The 3D path takes them too.
+    from segflow.volumes import build_augmentation_3d
+
+    train3d = {"patch_size": [8, 16, 16], "foreground_fraction": 0.7, "augment": {**augment, "blur_prob": 1.0}}
+    volume = {"image": torch.rand(1, 8, 16, 16), "label": torch.zeros(1, 8, 16, 16, dtype=torch.long)}
+    names = [type(t).__name__ for t in build_augmentation_3d(train3d, 4).transforms]
+    assert "RandGaussianSmoothd" in names and build_augmentation_3d(train3d, 4)(volume)[0]["image"].shape == (
+        1,
+        8,
+        16,
+        16,
+    )
+    # Blur smooths: neighbouring pixels grow alike.
+    blurred = build_augmentation({**augment, **spatial_off, "blur_prob": 1.0})({"image": image, "label": label})
+    assert np.abs(np.diff(np.asarray(blurred["image"]), axis=-1)).mean() < np.abs(np.diff(image, axis=-1)).mean()
+
+
 def test_probability_restore_matches_the_label_path_on_one_hot_input(tmp_path):
     image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
     meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})

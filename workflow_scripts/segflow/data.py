@@ -175,7 +175,32 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4):
             RandScaleIntensityd(keys="image", factors=cfg["contrast_range"], prob=cfg["intensity_prob"]),
             RandShiftIntensityd(keys="image", offsets=cfg["brightness_range"], prob=cfg["intensity_prob"]),
         ]
+        + scanner_augmentation(cfg)
     )
+
+
+def scanner_augmentation(cfg: dict) -> list:
+    """nnU-Net's intensity augmentations beyond scale and shift, each on with a probability above 0: noise of a
+    random standard deviation up to ``noise_std``, Gaussian blur (sigma in ``blur_sigma`` pixels) and a gamma curve
+    (exponent in ``gamma_range``, between the image's own minimum and maximum, its mean and spread kept).
+    Scanners differ in noise, kernel sharpness and contrast; a few training patients show only a few of them.
+    Slices (2D) and volumes (3D, the blur then along z too) alike."""
+    from monai.transforms import RandAdjustContrastd, RandGaussianNoised, RandGaussianSmoothd
+
+    steps = []
+    if cfg.get("noise_prob", 0) > 0:
+        steps.append(
+            RandGaussianNoised(keys="image", prob=cfg["noise_prob"], mean=0.0, std=cfg["noise_std"], sample_std=True)
+        )
+    if cfg.get("blur_prob", 0) > 0:
+        sigma = tuple(cfg["blur_sigma"])
+        steps.append(
+            RandGaussianSmoothd(keys="image", prob=cfg["blur_prob"], sigma_x=sigma, sigma_y=sigma, sigma_z=sigma)
+        )
+    if cfg.get("gamma_prob", 0) > 0:
+        gamma = tuple(cfg["gamma_range"])
+        steps.append(RandAdjustContrastd(keys="image", prob=cfg["gamma_prob"], gamma=gamma, retain_stats=True))
+    return steps
 
 
 def epoch_indices(

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from segflow.cases import load_case
+from segflow.data import scanner_augmentation
 
 # Patches per validation volume: one centred on each label and one on background when the volume has them.
 VALIDATION_PATCHES_PER_CLASS = 1
@@ -42,7 +43,8 @@ def crop_transform(patch_size, foreground_fraction: float, n_classes: int, num_s
 
 
 def build_augmentation_3d(cfg: dict, n_classes: int):
-    """The crop, then (``train.augment``) flips along each axis and intensity scaling and shifting."""
+    """The crop, then (``train.augment``) flips along each axis, intensity scaling and shifting, and the scanner
+    augmentations (noise, blur, gamma) that are switched on."""
     from monai.transforms import Compose, RandFlipd, RandScaleIntensityd, RandShiftIntensityd
 
     steps = [crop_transform(cfg["patch_size"], cfg["foreground_fraction"], n_classes)]
@@ -54,6 +56,7 @@ def build_augmentation_3d(cfg: dict, n_classes: int):
             RandScaleIntensityd(keys="image", factors=augment["contrast_range"], prob=augment["intensity_prob"]),
             RandShiftIntensityd(keys="image", offsets=augment["brightness_range"], prob=augment["intensity_prob"]),
         ]
+        steps += scanner_augmentation(augment)
     return Compose(steps)
 
 
