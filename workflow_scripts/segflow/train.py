@@ -500,7 +500,7 @@ def _fingerprint(cfg: dict, seed: int, round_index: int, case_dirs: dict, init_c
     return {
         "config": _digest(
             json.dumps([cfg, seed, round_index, *([regions] if regions else [])], sort_keys=True, default=str).encode()
-        ),  # fmt: skip
+        ),
         "init": {str(p): _file_digest(p) for p in (init_checkpoint, warm_start) if p},
         "cases": {case: case_identity(case_dirs[case]) for case in sorted(case_dirs)},
     }
