@@ -58,6 +58,21 @@ def test_a_source_file_replaced_by_mv_reimports_exactly_its_case(phantoms, tmp_p
     assert [w for rule, w in jobs_run(plan) if rule == "download_case"] == ["case=case_00001"]
 
 
+def test_two_results_folders_on_one_local_dataset_leave_it_and_each_other_alone(phantoms, tmp_path):
+    # Snakemake touches a job's outputs when it ends. Imports that shared the user's files (hard links) touched them
+    # too, and each folder then saw the other's import as an updated input and redid everything after it.
+    import shutil
+
+    data = shutil.copytree(phantoms / "local", tmp_path / "data")
+    mtimes = {f: f.stat().st_mtime_ns for f in sorted(data.rglob("*.nii.gz"))}
+    first, second = copy_workflow(tmp_path / "first"), copy_workflow(tmp_path / "second")
+    args = {w: overrides(w, "local", {"dataset": {"source": "local", "path": str(data)}}) for w in (first, second)}
+    snakemake(first, *args[first], "--until", "select_cases")
+    snakemake(second, *args[second], "--until", "select_cases")
+    assert {f: f.stat().st_mtime_ns for f in mtimes} == mtimes
+    assert planned_jobs(snakemake(first, *args[first], "-n", "--until", "select_cases").stdout) == {}
+
+
 def test_a_host_only_change_reruns_no_download_when_checksums_are_known(phantoms, tmp_path):
     www = phantoms / "www"
     manifest = tmp_path / "SHA256SUMS"

@@ -180,7 +180,7 @@ def test_kits_rejects_unknown_case_and_bad_download_options(tmp_path):
 # --- local: KiTS layout and nnU-Net / MSD raw layout --------------------------------------------------------------
 
 
-def test_local_kits_layout_links_the_image_and_copies_the_labels(tmp_path):
+def test_local_kits_layout_copies_image_and_labels(tmp_path):
     data = tmp_path / "kits23" / "dataset"
     for i, case in enumerate(["case_00010", "case_00002"]):
         write_pair(data / case / "imaging.nii.gz", data / case / "segmentation.nii.gz", *fabricate(seed=i))
@@ -190,9 +190,10 @@ def test_local_kits_layout_links_the_image_and_copies_the_labels(tmp_path):
     assert list_cases(dataset, 0) == ["case_00002", "case_00010"]
     image_out, seg_out = outputs(tmp_path, "case_00010")
     import_case(dataset, "case_00010", image_out, seg_out, 0)
-    assert image_out.stat().st_ino == (data / "case_00010" / "imaging.nii.gz").stat().st_ino
-    # Two linked outputs would make Snakemake's output-older-than-input check depend on clock ticks (local.py).
-    assert seg_out.stat().st_ino != (data / "case_00010" / "segmentation.nii.gz").stat().st_ino
+    # Copies, not links: touching an output (Snakemake does, after the job) must not touch the user's file.
+    for out, name in ((image_out, "imaging.nii.gz"), (seg_out, "segmentation.nii.gz")):
+        assert out.stat().st_ino != (data / "case_00010" / name).stat().st_ino
+        assert out.read_bytes() == (data / "case_00010" / name).read_bytes()
     assert np.array_equal(load(seg_out)[0], fabricate(seed=1)[1])
 
 

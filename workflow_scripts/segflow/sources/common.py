@@ -176,8 +176,8 @@ def companion_files(path: str | Path) -> list[Path]:
 def file_identity(paths) -> str:
     """A digest of each file's path, inode and size. Replacing a file (mv, rsync, cp to a temporary name and
     rename) gives it a new inode even when the new file's modification time is older than the imported copy, which
-    Snakemake's own mtime check would miss; touching a file (Snakemake touches the hard-linked copies) changes
-    neither. In-place writes keep the inode and are caught by the mtime check on the same files as inputs."""
+    Snakemake's own mtime check would miss; touching a file changes neither. In-place writes keep the inode and
+    are caught by the mtime check on the same files as inputs."""
     entries = []
     for path in paths:
         try:
@@ -211,23 +211,6 @@ def copy_atomically(source: str | Path, dest: str | Path) -> str:
     with atomic_path(dest) as tmp:
         shutil.copyfile(source, tmp)
     return "copied"
-
-
-def link_or_copy(source: str | Path, dest: str | Path) -> str:
-    """Put ``source`` at ``dest`` atomically: a hard link where the filesystem allows, else a copy.
-
-    A hard link costs no space and is safe here because no stage ever writes into an existing file (outputs are
-    replaced by rename). Returns ``"linked"`` or ``"copied"``.
-    """
-    with atomic_path(dest) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-            how = "linked"
-        except OSError:  # another filesystem (EXDEV), or links not permitted
-            shutil.copyfile(source, tmp)
-            how = "copied"
-    return how
 
 
 def write_labels(path: str | Path, labels: np.ndarray, affine: np.ndarray, where: str) -> None:

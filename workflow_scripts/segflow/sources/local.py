@@ -7,9 +7,11 @@
 * nnU-Net v2 / MSD: ``<path>/imagesTr/<NAME>_0000.nii.gz`` (MSD: ``<NAME>.nii.gz``) + ``<path>/labelsTr/<NAME>.nii.gz``;
   the case id is NAME. Only channel 0000 is used (CT has one channel).
 
-Other volume formats (.nii, .mha, .mhd, .nrrd) are read and rewritten as NIfTI. A .nii.gz image is hard-linked (no
-copy, no extra disk space; a copy across filesystems), and so is a .nii.gz segmentation stored as unscaled uint8 when
-no ``dataset.label_map`` is given; otherwise the labels are rewritten (mapped; unlisted labels become 0). A manifest
+Other volume formats (.nii, .mha, .mhd, .nrrd) are read and rewritten as NIfTI. A .nii.gz image is copied, and so
+is a .nii.gz segmentation stored as unscaled uint8 when no ``dataset.label_map`` is given; otherwise the labels are
+rewritten (mapped; unlisted labels become 0). Copies, not hard links: Snakemake touches a job's outputs when it
+ends, and through a hard link that touched the user's own file, so every other results folder importing it saw an
+updated input and redid its preprocessing and training. A manifest
 (``dataset.manifest``, or manifest.tsv/.json or SHA256SUMS in ``dataset.path``) is checked for the files it lists,
 by path relative to ``dataset.path``.
 """
@@ -31,7 +33,6 @@ from segflow.sources.common import (
     copy_atomically,
     dataset_path,
     is_plain_label_nifti,
-    link_or_copy,
     local_case_inputs,
     natural_key,
     parse_label_map,
@@ -91,7 +92,7 @@ def import_case(dataset: dict, case_id: str, image_out, seg_out, seed: int) -> N
 
 def import_image(source: Path, dest) -> str:
     if source.name.endswith(".nii.gz"):
-        return link_or_copy(source, dest)
+        return copy_atomically(source, dest)
     array, affine = read_volume(source)
     save_nifti(dest, array, affine)
     return "converted"
@@ -99,12 +100,7 @@ def import_image(source: Path, dest) -> str:
 
 def import_labels(source: Path, dest, label_map: dict | None) -> str:
     if label_map is None and is_plain_label_nifti(source):
-        # Copied, never linked. Snakemake touches a job's outputs one after the other and then checks that none is
-        # older than the newest input. With both files linked, the image (touched first) would be older than the
-        # source segmentation (touched second, through the link) whenever the two touches fall in different
-        # clock ticks: a "clock skew" error that depends on load. With only the image linked (the first output of
-        # download_case, so touched first) every output is at least as new as every input. Labels are small.
-        return copy_atomically(source, dest)
+        return copy_atomically(source, dest)  # copied, never linked: see the module's docstring
     array, affine = read_volume(source)
     labels = apply_label_map(array, label_map) if label_map else to_uint8_labels(array, str(source))
     save_nifti(dest, labels, affine)
