@@ -40,3 +40,11 @@ def test_the_cpu_preset_trains_on_label_centred_crops_seen_whole_in_windows():
     assert (train["rounds"], train["epochs"], train["samples_per_epoch"], train["batch_size"]) == (2, 5, 4000, 32)
     assert train["norm"] == "instance" and train["lr_schedule"] == "poly" and train["batch_dice"]
     assert train["class_balance"] and train["context_slices"] == 1
+
+
+@pytest.mark.parametrize("names", [["kits23.yaml"], ["kits23.yaml", "kits23-cpu.yaml"], ["kits19.yaml"]])
+def test_the_kits_presets_predict_with_flip_tta_and_one_model(names):
+    """Rows c7 and c12 of docs/quality.md: TTA won every figure; the ensemble of rounds on top of it lost."""
+    config = layered(names)
+    assert config["infer"]["tta"] and config["infer"]["restore"] == "probabilities"
+    assert config["train"]["ensemble"] == 1
