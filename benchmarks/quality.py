@@ -9,12 +9,16 @@ Run by hand, never in tests or CI (a run trains for tens of minutes). Subcommand
   preview    write PNGs of a few axial slices per case (soft-tissue and wide windows, label contours)
   table      print a markdown table with one row per run: HEC Dice and surface Dice (mean over test cases) for
              kidney_and_masses / masses / tumor, training and total minutes
+  errors     where each true label's voxels went in a finished results folder's test predictions (a confusion
+             table over all test cases), and per case each tumour's share found as tumour, kidney or background
+             and the predicted tumour components that touch no true mass (false positives)
 
   python benchmarks/quality.py make-data --git-dir /work/.mirror/neheller+kits23/repo \\
       --labels /work/bench/kits23_labels --cases 48 --out /work/bench/kits48/data
   nice -n 5 python benchmarks/quality.py run --data /work/bench/kits48/data --name baseline-kits23 \\
       --configfile budget.yaml --workdir /work/bench/kits48/runs
   python benchmarks/quality.py table --workdir /work/bench/kits48/runs
+  python benchmarks/quality.py errors --results /work/bench/ablation/pre_97a6269b/results
 
 Config layering of `run` (later files win, key by key): config/kits23.yaml (the preset under test), then
 benchmarks/quality.yaml (selection that keeps every case, seed), then the --configfile files given (the
@@ -321,6 +325,67 @@ def results_table(workdir: Path) -> str:
     return "\n".join(lines)
 
 
+# --- errors -------------------------------------------------------------------------------------------------------
+
+LABEL_NAMES = ("background", "kidney", "tumour", "cyst")
+
+
+def confusion(truth, prediction, n_labels: int = 4):
+    """Voxel counts: row = true label, column = predicted label."""
+    import numpy as np
+
+    pairs = truth.astype(np.int64) * n_labels + prediction.astype(np.int64)
+    return np.bincount(pairs.ravel(), minlength=n_labels * n_labels).reshape(n_labels, n_labels)
+
+
+def tumour_findings(truth, prediction) -> dict:
+    """Each true tumour component (6-connectivity, as the KiTS scoring labels them): its voxels and the share of
+    them predicted as tumour, kidney or background; and how many predicted tumour components touch no true mass."""
+    import numpy as np
+    from scipy import ndimage
+
+    components, n = ndimage.label(truth == 2)
+    tumours = []
+    for index in range(1, n + 1):
+        predicted = prediction[components == index]
+        tumours.append(
+            {
+                "voxels": int(predicted.size),
+                **{name: round(float(np.mean(predicted == label)), 3) for label, name in enumerate(LABEL_NAMES[:3])},
+            }
+        )
+    found, n_found = ndimage.label(prediction == 2)
+    masses = truth >= 2
+    false = sum(1 for index in range(1, n_found + 1) if not masses[found == index].any())
+    return {"tumours": tumours, "predicted_components": n_found, "false_components": false}
+
+
+def cmd_errors(args) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    results = Path(args.results)
+    total = np.zeros((4, 4), dtype=np.int64)
+    for path in sorted((results / "predictions").glob("*.nii.gz")):
+        case = path.name[: -len(".nii.gz")]
+        prediction = np.asarray(nib.load(path).dataobj, dtype=np.uint8)
+        truth = np.asarray(nib.load(results / "raw" / case / "segmentation.nii.gz").dataobj, dtype=np.uint8)
+        total += confusion(truth, prediction)
+        findings = tumour_findings(truth, prediction)
+        tumours = ", ".join(
+            f"{t['voxels']} vox: {t['tumour']:.2f} tumour / {t['kidney']:.2f} kidney / {t['background']:.2f} bg"
+            for t in findings["tumours"]
+        )
+        print(
+            f"{case}: {tumours}; predicted tumour components {findings['predicted_components']}, "
+            f"{findings['false_components']} touching no true mass"
+        )
+    shares = total / np.maximum(total.sum(axis=1, keepdims=True), 1)
+    print("\n| true \\ predicted | " + " | ".join(LABEL_NAMES) + " |\n|" + "---|" * 5)
+    for label, row in zip(LABEL_NAMES, shares):
+        print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -347,6 +412,9 @@ def main(argv=None) -> None:
     preview.add_argument("--out", required=True)
     preview.add_argument("--case-ids", nargs="+")
     preview.set_defaults(func=cmd_preview)
+    errors = sub.add_parser("errors", help="where the true labels' voxels went in a results folder's predictions")
+    errors.add_argument("--results", required=True, help="a finished results folder (predictions/ and raw/)")
+    errors.set_defaults(func=cmd_errors)
     table = sub.add_parser("table", help="markdown table of every run under --workdir")
     table.add_argument("--workdir", required=True)
     table.set_defaults(func=cmd_table)
