@@ -76,10 +76,12 @@ def run_row(row: str, args) -> None:
     for name in KEPT:
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(results / name, out / name)
-    for metrics in sorted((results / "train").glob("round_*/metrics.csv")):
+    # Only this row's rounds: a shared results folder keeps the round folders of an earlier row with more rounds.
+    rounds = [f"round_{r}" for r in _rounds(results / "train/rounds.tsv")]
+    for name in rounds:
         (out / "curves").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(metrics, out / "curves" / f"{metrics.parent.name}.csv")
-    train_s = sum(_benchmark_seconds(t) for t in (results / "benchmarks/train_round").glob("*.tsv"))
+        shutil.copy2(results / "train" / name / "metrics.csv", out / "curves" / f"{name}.csv")
+    train_s = sum(_benchmark_seconds(results / "benchmarks/train_round" / f"{name}.tsv") for name in rounds)
     predict_s = sum(_benchmark_seconds(t) for t in (results / "benchmarks/predict_case").glob("*.tsv"))
     record = {
         "row": row,
@@ -91,6 +93,11 @@ def run_row(row: str, args) -> None:
     }
     (out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record), flush=True)
+
+
+def _rounds(rounds_tsv: Path) -> list[int]:
+    """The round numbers select_model compared (the first column of train/rounds.tsv)."""
+    return [int(line.split("\t")[0]) for line in rounds_tsv.read_text().splitlines()[1:] if line.strip()]
 
 
 def _benchmark_seconds(tsv: Path) -> float:
