@@ -340,24 +340,23 @@ def confusion(truth, prediction, n_labels: int = 4):
 
 def tumour_findings(truth, prediction) -> dict:
     """Each true tumour component (6-connectivity, as the KiTS scoring labels them): its voxels and the share of
-    them predicted as tumour, kidney or background; and how many predicted tumour components touch no true mass."""
+    them predicted as tumour, kidney or background; and how many predicted tumour components touch no true mass.
+    Counted with one bincount per labelling, as segflow.postprocess does: no pass over the volume per component."""
     import numpy as np
     from scipy import ndimage
 
     components, n = ndimage.label(truth == 2)
-    tumours = []
-    for index in range(1, n + 1):
-        predicted = prediction[components == index]
-        tumours.append(
-            {
-                "voxels": int(predicted.size),
-                **{name: round(float(np.mean(predicted == label)), 3) for label, name in enumerate(LABEL_NAMES[:3])},
-            }
-        )
+    counts = confusion(components, prediction, n_labels=max(n + 1, 4))[1 : n + 1, :4]
+    tumours = [
+        {
+            "voxels": int(row.sum()),
+            **{name: round(float(row[label] / row.sum()), 3) for label, name in enumerate(LABEL_NAMES[:3])},
+        }
+        for row in counts
+    ]
     found, n_found = ndimage.label(prediction == 2)
-    masses = truth >= 2
-    false = sum(1 for index in range(1, n_found + 1) if not masses[found == index].any())
-    return {"tumours": tumours, "predicted_components": n_found, "false_components": false}
+    touching = np.count_nonzero(np.unique(found[truth >= 2]))
+    return {"tumours": tumours, "predicted_components": n_found, "false_components": n_found - touching}
 
 
 def cmd_errors(args) -> None:
