@@ -16,6 +16,9 @@ from segflow.data import (
     context_indices,
     context_stack,
     epoch_indices,
+    lesion_bank,
+    lesion_cuts,
+    paste_cut,
 )
 from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
 from segflow.losses import RegionDiceLoss, build_loss
@@ -372,3 +375,72 @@ def test_region_loss_trains_and_refuses_what_cannot_work():
     with pytest.raises(ConfigError, match="train.dice_targets is regions but train.loss is ce"):
         check_config(config_with_defaults({"train": {"dice_targets": "regions", "loss": "ce"}}))
     check_config(config_with_defaults({"train": {"dice_targets": "regions"}}))
+
+
+def _kidney_slice(kidney: float, tumour: float | None, tumour_box=(slice(14, 18), slice(20, 24))):
+    """(1, 32, 32) image and (32, 32) labels: a kidney block at ``kidney`` intensity, optionally a tumour in it."""
+    image = np.full((1, 32, 32), 0.1, np.float32)
+    label = np.zeros((32, 32), np.int64)
+    label[8:24, 8:28] = 1
+    image[0][label == 1] = kidney
+    if tumour is not None:
+        label[tumour_box] = 2
+        image[0][tumour_box] = tumour
+    return image, label
+
+
+def test_lesion_bank_keeps_each_lesion_relative_to_its_host_organ(tmp_path):
+    # Case a: kidney at 0.8 with a tumour 0.3 darker. Case b: kidney only. Case c: a tumour with no kidney beside it.
+    cases = {"a": _kidney_slice(0.8, 0.5), "b": _kidney_slice(0.6, None)}
+    lone = np.zeros((32, 32), np.int64)
+    lone[4:8, 4:8] = 2
+    cases["c"] = (np.full((1, 32, 32), 0.4, np.float32), lone)
+    for name, (image, label) in cases.items():
+        (tmp_path / name).mkdir()
+        np.save(tmp_path / name / "image.npy", np.repeat(image, 3, axis=0))  # three identical slices
+        np.save(tmp_path / name / "label.npy", np.repeat(label[None], 3, axis=0).astype(np.uint8))
+        (tmp_path / name / "meta.json").write_text('{"format": "npy"}')
+    bank = lesion_bank(SliceDataset([tmp_path / n for n in cases]), host_label=1)
+    assert len(bank) == 3  # case a's tumour in each of its 3 slices; case c has no kidney to calibrate against
+    cut = bank[0]
+    assert cut["mask"].shape == (4, 4) and cut["mask"].all() and (cut["label"] == 2).all()
+    assert np.allclose(cut["image"], 0.5 - 0.8)  # stored as the contrast to its kidney
+
+
+def test_pasted_lesion_keeps_its_contrast_to_the_new_host_and_takes_its_labels():
+    image, label = _kidney_slice(0.6, None)
+    cut = {"image": np.full((1, 4, 6), -0.3, np.float32), "mask": np.ones((4, 6), bool), "label": np.full((4, 6), 2)}
+    cut["mask"][0, 0] = False  # a corner outside the lesion keeps the host's label
+    pasted, labels = paste_cut(image, label, cut, centre=(16, 16), host_mean=0.6)
+    assert labels[14:18, 13:19].tolist() == np.where(cut["mask"], 2, 1).tolist()
+    assert labels.sum() - label.sum() == 23  # 23 lesion pixels, each from 1 to 2
+    assert np.isclose(pasted[0, 16, 16], 0.3, atol=0.02)  # inside: the new kidney's 0.6 minus its 0.3 contrast
+    assert np.array_equal(pasted[:, :, :10], image[:, :, :10])  # away from the cut nothing changes
+    assert np.array_equal(image, _kidney_slice(0.6, None)[0])  # the inputs are left alone
+    # At an edge the cut is clipped, not wrapped or refused.
+    _, edge_labels = paste_cut(image, label, cut, centre=(0, 31), host_mean=0.6)
+    assert (edge_labels == 2).sum() == 2 * 4 and edge_labels[0, 31] == 2  # rows 0-1, columns 28-31
+
+
+def test_lesion_paste_is_seeded_and_only_touches_slices_showing_the_host():
+    image, label = _kidney_slice(0.6, None)
+    donor_image, donor_label = _kidney_slice(0.8, 0.4)
+    bank = lesion_cuts(donor_image, donor_label, host_label=1)
+    augment = {**config_with_defaults()["train"]["augment"], "lesion_paste_prob": 1.0}
+    augment.update(flip_prob=0.0, affine_prob=0.0, intensity_prob=0.0)
+    transform = build_augmentation(augment, lesions=bank)
+    sample = {"image": torch.from_numpy(image), "label": torch.from_numpy(label)[None]}
+    transform.set_random_state(seed=4)
+    out = transform(sample)
+    assert (np.asarray(out["label"]) == 2).sum() == 16 and out["label"].shape == (1, 32, 32)
+    assert np.isclose(float(out["image"][0][np.asarray(out["label"][0]) == 2].mean()), 0.2, atol=0.03)
+    transform.set_random_state(seed=4)
+    assert torch.equal(transform(sample)["image"], out["image"])  # the seed decides where
+    empty = {"image": torch.zeros(1, 32, 32), "label": torch.zeros(1, 32, 32, dtype=torch.long)}
+    assert torch.equal(transform(empty)["image"], empty["image"])  # no kidney: nothing to paste onto
+    off = build_augmentation({**augment, "lesion_paste_prob": 0.0}, lesions=bank)
+    assert "LesionPaste" not in [type(t).__name__ for t in off.transforms]
+    with pytest.raises(ConfigError, match="lesion_paste_prob"):
+        check_config(config_with_defaults({"train": {"dims": 3, "model": "vnet", "patch_size": [8, 16, 16],
+                                                     "augment": {"lesion_paste_prob": 0.5}},
+                                           "preprocess": {"size": None}}))  # fmt: skip

@@ -40,6 +40,10 @@ def check_config(config: dict) -> None:
             )
         if train["hard_slice_boost"] > 0:
             raise ConfigError("train.hard_slice_boost weighs slices, a 2D option; set it to 0 with train.dims 3")
+        if train["augment"]["lesion_paste_prob"] > 0:
+            raise ConfigError(
+                "train.augment.lesion_paste_prob pastes lesions into slices, a 2D option; set it to 0 with train.dims 3"
+            )
     else:
         if pre["size"] is None:
             raise ConfigError(

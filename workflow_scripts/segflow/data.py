@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from monai.transforms import Randomizable
 
 from segflow.cases import load_case
 
@@ -114,13 +115,120 @@ def class_balanced_weights(presence: np.ndarray) -> np.ndarray:
     return np.where(presence.any(axis=1), weights, 1.0)
 
 
+# A lesion is pasted only where the slice shows enough of its host organ to calibrate the intensity against.
+MIN_HOST_PIXELS = 20
+# Lesion cuts smaller than this (pixels) are partial-volume slivers at a lesion's top or bottom, not worth pasting.
+MIN_LESION_PIXELS = 9
+# At most this many lesion slices per case go into the bank, evenly spaced: neighbouring slices repeat each other.
+BANK_SLICES_PER_CASE = 64
+
+
+def lesion_bank(dataset: SliceDataset, host_label: int) -> list[dict]:
+    """Every 2D lesion cut of the dataset's cases, for ``LesionPaste``: the (k, h, w) image box around each
+    connected lesion component of a slice, its mask and labels. A lesion is any label other than background and
+    ``host_label``; its image is stored relative to the mean of the host organ in the same slice, so that pasted
+    into another patient it keeps its contrast to the organ (a lesion as dark as its kidney stays as dark as the
+    new kidney, whatever either patient's enhancement)."""
+
+    presence = dataset.class_presence()
+    lesion_columns = [c for c in range(presence.shape[1]) if c + 1 != host_label]
+    bank = []
+    start = 0
+    for image, label in dataset.cases:
+        n_slices = image.shape[0]
+        rows = np.flatnonzero(presence[start : start + n_slices, lesion_columns].any(axis=1)) if lesion_columns else []
+        start += n_slices
+        if len(rows) > BANK_SLICES_PER_CASE:
+            rows = rows[np.linspace(0, len(rows) - 1, BANK_SLICES_PER_CASE).round().astype(int)]
+        for z in rows:
+            bank += lesion_cuts(context_stack(image, z, z + 1, dataset.context)[0], np.asarray(label[z]), host_label)
+    return bank
+
+
+def lesion_cuts(image_khw: np.ndarray, label_hw: np.ndarray, host_label: int) -> list[dict]:
+    from scipy import ndimage
+
+    host = label_hw == host_label
+    if host.sum() < MIN_HOST_PIXELS:
+        return []
+    host_mean = float(image_khw[image_khw.shape[0] // 2][host].mean())
+    components, n = ndimage.label((label_hw > 0) & ~host)
+    cuts = []
+    for index, box in enumerate(ndimage.find_objects(components), start=1):
+        mask = components[box] == index
+        if mask.sum() < MIN_LESION_PIXELS:
+            continue
+        cuts.append(
+            {
+                "image": image_khw[(slice(None), *box)] - host_mean,
+                "mask": mask,
+                "label": np.where(mask, label_hw[box], 0).astype(np.int64),
+            }
+        )
+    return cuts
+
+
+class LesionPaste(Randomizable):
+    """Copy-paste of lesions between patients (TumorCP, Yang et al., MICCAI 2021, on KiTS19): with probability
+    ``prob``, a lesion cut from the bank is pasted onto a slice that shows the host organ, centred on a random host
+    pixel, randomly mirrored, at the contrast to the host organ it had in its own patient, with soft edges; its
+    pixels take the lesion's labels. A few training patients show a few lesions each; pasting shows every kidney
+    with every lesion's shape and contrast. A MONAI Randomizable: ``Compose.set_random_state`` seeds it."""
+
+    def __init__(self, bank: list[dict], host_label: int, prob: float):
+        self.bank, self.host_label, self.prob = bank, host_label, prob
+        self.set_random_state()
+
+    def randomize(self, n_host_pixels: int) -> None:
+        self._do = bool(self.bank) and self.R.random_sample() < self.prob and n_host_pixels >= MIN_HOST_PIXELS
+        if self._do:
+            self._cut = self.bank[self.R.randint(len(self.bank))]
+            self._flips = [axis for axis in (1, 2) if self.R.random_sample() < 0.5]
+            self._centre = self.R.randint(n_host_pixels)
+
+    def __call__(self, sample: dict) -> dict:
+        label = _plain(sample["label"])[0].numpy()
+        host = label == self.host_label
+        ys, xs = np.nonzero(host)
+        self.randomize(len(ys))
+        if not self._do:
+            return sample
+        image = _plain(sample["image"]).numpy().astype(np.float32)  # a copy: the cached slice stays as it was
+        host_mean = float(image[image.shape[0] // 2][host].mean())
+        centre = (ys[self._centre], xs[self._centre])
+        pasted_image, pasted_label = paste_cut(image, label, self._cut, centre, host_mean, self._flips)
+        return {**sample, "image": torch.from_numpy(pasted_image), "label": torch.from_numpy(pasted_label)[None]}
+
+
+def paste_cut(image, label, cut: dict, centre, host_mean: float, flips=()) -> tuple[np.ndarray, np.ndarray]:
+    """``cut`` pasted into copies of a (k, H, W) image and its (H, W) labels, its box centred on ``centre``
+    (clipped at the slice's edges); its intensity offset by ``host_mean``. The image blends in over a soft mask
+    (sigma 0.7 pixel, as a partial-volume edge) so that a hard edge cannot become the cue for the lesion label."""
+    from scipy import ndimage
+
+    cut_image, mask, cut_label = cut["image"], cut["mask"], cut["label"]
+    for axis in flips:  # axis 1 or 2 of the (k, h, w) image: rows or columns
+        cut_image, mask, cut_label = np.flip(cut_image, axis), np.flip(mask, axis - 1), np.flip(cut_label, axis - 1)
+    h, w = mask.shape
+    top, left = int(centre[0]) - h // 2, int(centre[1]) - w // 2
+    dst = (slice(max(top, 0), min(top + h, label.shape[0])), slice(max(left, 0), min(left + w, label.shape[1])))
+    src = (slice(dst[0].start - top, dst[0].stop - top), slice(dst[1].start - left, dst[1].stop - left))
+    alpha = ndimage.gaussian_filter(mask.astype(np.float32), 0.7)[src]
+    image, label = image.copy(), label.copy()
+    region = image[(slice(None), *dst)]
+    image[(slice(None), *dst)] = region + alpha * (cut_image[(slice(None), *src)] + host_mean - region)
+    label[dst] = np.where(mask[src], cut_label[src], label[dst])
+    return image, label
+
+
 def _plain(tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 
-def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4):
-    """MONAI dictionary transforms for training slices: an optional crop to ``patch_size``, then the
-    augmentations of ``cfg`` (``train.augment``). ``None`` when there is nothing to do.
+def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: list[dict] | None = None):
+    """MONAI dictionary transforms for training slices: lesion copy-paste from the ``lesions`` bank (when
+    ``cfg["lesion_paste_prob"]`` is above 0), an optional crop to ``patch_size``, then the augmentations of ``cfg``
+    (``train.augment``). ``None`` when there is nothing to do.
 
     On a slice with labels the crop is centred on a labelled pixel, each label the slice shows equally likely
     (a tumour as often as the kidney around it); on a slice without labels, anywhere. The share of background is
@@ -137,6 +245,9 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4):
     )
 
     steps = []
+    if cfg["enabled"] and cfg.get("lesion_paste_prob", 0) > 0 and lesions:
+        # Before the crop, so that the crop can centre on a pasted lesion as on a real one.
+        steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"]))
     if patch_size:
         # A class missing from a slice has its ratio set to 0 for that slice, the right fallback; MONAI warns
         # about it on every such slice.

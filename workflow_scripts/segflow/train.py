@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 
 from segflow.checkpoints import model_cfg, save_checkpoint
-from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices
+from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices, lesion_bank
 from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
@@ -226,9 +226,9 @@ def _setup_round(
         train_dirs, val_dirs = [case_dirs[c] for c in train_ids], [case_dirs[c] for c in val_ids]
         train_set, val_set = patch_datasets(train_dirs, val_dirs, cfg, n_classes, round_seed)
     else:
-        augmentation = build_augmentation(cfg["augment"], cfg["patch_size"], n_classes)
         context = cfg["context_slices"]
-        train_set = SliceDataset([case_dirs[c] for c in train_ids], transform=augmentation, context=context)
+        train_set = SliceDataset([case_dirs[c] for c in train_ids], context=context)
+        train_set.transform = build_augmentation(cfg["augment"], cfg["patch_size"], n_classes, lesions(train_set, cfg))
         val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
     loss_fn = build_loss(cfg, regions, n_classes).to(device)
     if cfg.get("dice_targets") == "regions":
@@ -255,6 +255,23 @@ def _setup_round(
         weights,
         n_classes,
     )
+
+
+def lesions(train_set: SliceDataset, cfg: dict) -> list[dict]:
+    """The lesion bank for copy-paste (train.augment.lesion_paste_prob), from this round's training cases only."""
+    augment = cfg["augment"]
+    if not augment["enabled"] or augment["lesion_paste_prob"] == 0:
+        return []
+    bank = lesion_bank(train_set, augment["lesion_host_label"])
+    log.info("lesion copy-paste: %d lesion cuts from %d training cases", len(bank), len(train_set.cases))
+    if not bank:
+        log.warning(
+            "train.augment.lesion_paste_prob is %g but no training slice shows a lesion next to label %d: nothing "
+            "is pasted",
+            augment["lesion_paste_prob"],
+            augment["lesion_host_label"],
+        )
+    return bank
 
 
 def build_scheduler(optimiser, cfg: dict):
