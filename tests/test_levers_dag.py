@@ -1,6 +1,7 @@
 """Integration: the tiny DAG with every quality lever switched on, from nothing to the report."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -19,6 +20,7 @@ LEVERS = {
         "val_max_slices": 40,
         "ensemble": 2,
         "postprocess": ["largest_foreground", "masses_in_kidneys"],
+        "augment": {"lesion_paste_prob": 0.5},
     },
     "infer": {"tta": True, "restore": "probabilities"},
 }
@@ -37,6 +39,8 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     for round_index in (0, 1):
         log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
+        cuts = re.search(r"lesion copy-paste: (\d+) lesion cuts from \d+ training cases", log)
+        assert cuts and int(cuts.group(1)) > 0
     best = torch.load(results / "train/best.pt", weights_only=False)
     assert len(best["members"]) == 2 and best["members"][0]["model_cfg"]["context_slices"] == 3
 

@@ -119,8 +119,9 @@ def class_balanced_weights(presence: np.ndarray) -> np.ndarray:
 MIN_HOST_PIXELS = 20
 # Lesion cuts smaller than this (pixels) are partial-volume slivers at a lesion's top or bottom, not worth pasting.
 MIN_LESION_PIXELS = 9
-# At most this many lesion slices per case go into the bank, evenly spaced: neighbouring slices repeat each other.
-BANK_SLICES_PER_CASE = 64
+# At most this many lesion slices per case go into the bank, evenly spaced: neighbouring slices repeat each other,
+# and 24 keep the bank of hundreds of full-resolution cases to a few hundred MB.
+BANK_SLICES_PER_CASE = 24
 
 
 def lesion_bank(dataset: SliceDataset, host_label: int) -> list[dict]:
