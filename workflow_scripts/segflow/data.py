@@ -149,7 +149,7 @@ def lesion_bank(dataset: SliceDataset, host_label: int) -> list[dict]:
 def lesion_cuts(image_khw: np.ndarray, label_hw: np.ndarray, host_label: int) -> list[dict]:
     """The lesions of one slice as cuts for the bank: each connected non-host foreground component of at least
     MIN_LESION_PIXELS, boxed, its image stored relative to the mean of the host organ on the centre channel (so it
-    keeps its contrast to the host wherever it is pasted), with its mask and labels. None when the host is small."""
+    keeps its contrast to the host wherever it is pasted), with its mask and labels; none when the host is small."""
     from scipy import ndimage
 
     host = label_hw == host_label
