@@ -147,16 +147,15 @@ def lesion_bank(dataset: SliceDataset, host_label: int) -> list[dict]:
 
 
 def lesion_cuts(image_khw: np.ndarray, label_hw: np.ndarray, host_label: int) -> list[dict]:
-    """The lesions of one slice as cuts for the bank: each connected non-host foreground component of at least
-    MIN_LESION_PIXELS, boxed, its image stored relative to the mean of the host organ on the centre channel (so it
-    keeps its contrast to the host wherever it is pasted), with its mask and labels; none when the host is small."""
+    """One slice's cuts for ``lesion_bank``: its connected lesion components of at least MIN_LESION_PIXELS, none
+    when the slice shows too little of the host organ to measure its intensity."""
     from scipy import ndimage
 
     host = label_hw == host_label
     if host.sum() < MIN_HOST_PIXELS:
         return []
-    host_mean = float(image_khw[image_khw.shape[0] // 2][host].mean())
-    components, n = ndimage.label((label_hw > 0) & ~host)
+    offset = host_mean(image_khw, host)
+    components, _ = ndimage.label((label_hw > 0) & ~host)
     cuts = []
     for index, box in enumerate(ndimage.find_objects(components), start=1):
         mask = components[box] == index
@@ -164,12 +163,18 @@ def lesion_cuts(image_khw: np.ndarray, label_hw: np.ndarray, host_label: int) ->
             continue
         cuts.append(
             {
-                "image": image_khw[(slice(None), *box)] - host_mean,
+                "image": image_khw[(slice(None), *box)] - offset,
                 "mask": mask,
                 "label": np.where(mask, label_hw[box], 0).astype(np.int64),
             }
         )
     return cuts
+
+
+def host_mean(image_khw: np.ndarray, host_hw: np.ndarray) -> float:
+    """The host organ's mean intensity on the centre channel (the slice itself, not a 2.5D neighbour): the level
+    lesions are cut relative to and pasted back at."""
+    return float(image_khw[image_khw.shape[0] // 2][host_hw].mean())
 
 
 class LesionPaste(Randomizable):
@@ -198,9 +203,8 @@ class LesionPaste(Randomizable):
         if not self._do:
             return sample
         image = _plain(sample["image"]).numpy().astype(np.float32)  # a copy: the cached slice stays as it was
-        host_mean = float(image[image.shape[0] // 2][host].mean())
         centre = (ys[self._centre], xs[self._centre])
-        pasted_image, pasted_label = paste_cut(image, label, self._cut, centre, host_mean, self._flips)
+        pasted_image, pasted_label = paste_cut(image, label, self._cut, centre, host_mean(image, host), self._flips)
         return {**sample, "image": torch.from_numpy(pasted_image), "label": torch.from_numpy(pasted_label)[None]}
 
 
