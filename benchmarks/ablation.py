@@ -65,6 +65,8 @@ def run_row(row: str, args) -> None:
         *map(str, files),
         str(work / "run.yaml"),
     ]
+    if args.rerun_triggers:
+        command += ["--rerun-triggers", *args.rerun_triggers]
     started = time.time()
     with open(work / f"{row}.log", "w") as log:
         code = subprocess.run(command, cwd=work, stdout=log, stderr=subprocess.STDOUT).returncode
@@ -186,6 +188,12 @@ def main(argv=None) -> None:
     run.add_argument("--cases", type=int, default=48, help="the first N cases of the benchmark")
     run.add_argument("--cores", type=int, default=2)
     run.add_argument("--base", nargs="+", help="config files under the row (default: ablation/budget.yaml)")
+    run.add_argument(
+        "--rerun-triggers",
+        nargs="+",
+        help="passed to snakemake; e.g. 'params input' when a copied checkout's new file times or an unrelated "
+        "rule edit would otherwise redo the shared downloads and preprocessing",
+    )
     run.add_argument("rows", nargs="+")
     show = sub.add_parser("table")
     show.add_argument("--workdir", required=True)

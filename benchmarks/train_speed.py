@@ -3,8 +3,10 @@
 Run by hand (not a test):  .venv/bin/python benchmarks/train_speed.py [--device auto|cpu|cuda] [--sizes 128]
 It trains on random slices with the default config's model and loss, through the same autocast / GradScaler /
 channels-last path as segflow.train (devices from segflow.device), after a few warm-up steps. On CUDA each
-setting is measured in float32 and in mixed precision. ``train_seconds_per_epoch`` is the training part of one
-default epoch (``samples_per_epoch`` slices); validation adds about a fifth on the default config.
+setting is measured in float32 and in mixed precision; on a CPU with native bfloat16, in float32 and in bfloat16
+(``train.amp_cpu``). The CPU preset's network: --channels 16,32,64,128,256 --norm instance --res-units 1.
+``train_seconds_per_epoch`` is the training part of one default epoch (``samples_per_epoch`` slices); validation
+adds about a fifth on the default config.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from segflow.device import amp_dtype_for, autocast_for, pick_device  # noqa: E402
+from segflow.device import amp_dtype_for, autocast_for, cpu_has_bfloat16, pick_device  # noqa: E402
 from segflow.losses import build_loss  # noqa: E402
 from segflow.models import build_model  # noqa: E402
 
@@ -37,10 +39,11 @@ def train_defaults() -> dict:
     return {**defaults, **yaml.safe_load((REPO / "config" / "config.yaml").read_text())["train"]}
 
 
-def measure(model_name: str, size: int, batch: int, device: torch.device, amp: str, steps: int, channels) -> dict:
-    """``amp``: "off", "bfloat16" or "float16" (the last with loss scaling, as on GPUs without bfloat16)."""
-    cfg = {**train_defaults(), "model": model_name, **({"channels": channels} if channels else {})}
-    dtype = amp_dtype_for(device, {"amp": amp != "off", "amp_dtype": amp})
+def measure(model_name: str, size: int, batch: int, device: torch.device, amp: str, steps: int, overrides) -> dict:
+    """``amp``: "off", "bfloat16" or "float16" (the last with loss scaling, as on GPUs without bfloat16); on CPU
+    "bfloat16" is ``train.amp_cpu``. ``overrides``: train keys over the defaults (widths, norm, residual units)."""
+    cfg = {**train_defaults(), "model": model_name, **overrides}
+    dtype = amp_dtype_for(device, {"amp": amp != "off", "amp_cpu": amp != "off", "amp_dtype": amp}, training=True)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = build_model(cfg, 4).to(device)
     if device.type == "cuda":
@@ -93,17 +96,31 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels", default="", help="comma-separated widths (default: config/config.yaml's)")
-    parser.add_argument("--amp", default="bfloat16,float16", help="mixed-precision variants measured on CUDA")
+    parser.add_argument("--norm", default="", help="batch or instance (default: config/config.yaml's)")
+    parser.add_argument("--res-units", type=int, default=None, help="residual units (default: config/config.yaml's)")
+    parser.add_argument(
+        "--amp",
+        default="bfloat16,float16",
+        help="mixed-precision variants measured on CUDA; on a CPU with native bfloat16 (train.amp_cpu), bfloat16",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    overrides = {
+        **({"channels": [int(c) for c in args.channels.split(",")]} if args.channels else {}),
+        **({"norm": args.norm} if args.norm else {}),
+        **({"num_res_units": args.res_units} if args.res_units is not None else {}),
+    }
+    if device.type == "cuda":
+        variants = ["off", *args.amp.split(",")]
+    else:
+        variants = ["off", *(["bfloat16"] if "bfloat16" in args.amp and cpu_has_bfloat16() else [])]
     for model_name in args.models.split(","):
         for size in map(int, args.sizes.split(",")):
-            for amp in ["off", *args.amp.split(",")] if device.type == "cuda" else ["off"]:
-                print(json.dumps(measure(model_name, size, args.batch, device, amp, args.steps, channels)), flush=True)
+            for amp in variants:
+                print(json.dumps(measure(model_name, size, args.batch, device, amp, args.steps, overrides)), flush=True)
 
 
 if __name__ == "__main__":

@@ -188,3 +188,59 @@ def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
     for out, (_, row) in zip(outputs, table.iterrows()):  # each round's row is its best epoch
         assert row["val_loss"] == pd.read_csv(out.metrics)["val_loss"].min()
     assert choice["round"] == int(table.loc[table["fixed_val_dice"].idxmax(), "round"])
+
+
+def _augmented_samples(dataset, seed: int, n: int) -> list[dict]:
+    dataset.transform.set_random_state(seed=seed)
+    return [dataset[i % len(dataset)] for i in range(n)]
+
+
+def test_transforms_without_meta_tracking_give_the_same_samples_and_leave_tracking_on(tmp_path, monkeypatch):
+    import contextlib
+
+    from monai.data import get_track_meta
+
+    import segflow.data
+
+    image, seg = write_case(tmp_path / "raw")
+    preprocess_case(image, seg, tmp_path / "a", PRE)
+    augment = {**TRAIN["augment"], "enabled": True, "affine_prob": 1.0, "intensity_prob": 1.0, "noise_prob": 0.5}
+    dataset = SliceDataset([tmp_path / "a"], transform=build_augmentation(augment, patch_size=[16, 16]))
+    fast = _augmented_samples(dataset, seed=3, n=12)
+    assert get_track_meta()  # restored after each sample: other MONAI users in the process keep their metadata
+    monkeypatch.setattr(segflow.data, "untracked_meta", contextlib.nullcontext)  # MetaTensors, as before
+    tracked = _augmented_samples(dataset, seed=3, n=12)
+    for a, b in zip(fast, tracked, strict=True):
+        assert type(a["image"]) is torch.Tensor and a["label"].dtype == torch.int64
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+
+
+def test_bfloat16_on_cpu_only_for_training_with_amp_cpu_on_a_cpu_that_has_it(monkeypatch):
+    import segflow.device
+    from segflow.device import amp_dtype_for
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(segflow.device, "cpu_has_bfloat16", lambda: True)
+    assert amp_dtype_for(cpu, {**TRAIN, "amp_cpu": True}, training=True) == torch.bfloat16
+    assert amp_dtype_for(cpu, {**TRAIN, "amp_cpu": True}) is None  # inference stays in float32
+    assert amp_dtype_for(cpu, {**TRAIN, "amp_cpu": False}, training=True) is None
+    monkeypatch.setattr(segflow.device, "cpu_has_bfloat16", lambda: False)  # emulated bfloat16 would be slower
+    assert amp_dtype_for(cpu, {**TRAIN, "amp_cpu": True}, training=True) is None
+    assert TRAIN["amp_cpu"] is False  # the schema's default: a CPU run trains in float32 unless asked
+
+
+def test_a_bfloat16_cpu_round_trains_and_saves_float32_weights(tmp_path, monkeypatch):
+    import segflow.device
+
+    monkeypatch.setattr(segflow.device, "cpu_has_bfloat16", lambda: True)  # autocast runs on any CPU, if slowly
+    image, seg = write_case(tmp_path / "raw")
+    dirs = {}
+    for name in ("a", "b"):
+        preprocess_case(image, seg, tmp_path / name, PRE)
+        dirs[name] = tmp_path / name
+    outputs = RoundOutputs(*(tmp_path / "out" / f for f in ("best.pt", "last.pt", "metrics.csv", "split.json")))
+    cfg = {**TRAIN, "epochs": 1, "amp_cpu": True}
+    metrics = train_round(dirs, {"a": "a", "b": "b"}, 0, cfg, seed=0, outputs=outputs)
+    assert np.isfinite(metrics["val_loss"]).all()
+    weights = torch.load(outputs.model_best, weights_only=False)["model"]
+    assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from monai.data import get_track_meta, set_track_meta
 from monai.transforms import Randomizable
 
 from segflow.cases import load_case
@@ -58,8 +60,8 @@ class SliceDataset(torch.utils.data.Dataset):
             "label": torch.from_numpy(np.array(label[z], dtype=np.int64))[None],
         }
         if self.transform is not None:
-            # Spatial augmentations return float MetaTensors; hand plain tensors with integer labels onwards.
-            sample = self.transform(sample)
+            with untracked_meta():
+                sample = self.transform(sample)
             if isinstance(sample, list):  # a crop-by-label transform returns a list of num_samples=1 crops
                 sample = sample[0]
             sample["image"] = _plain(sample["image"]).float()
@@ -229,7 +231,24 @@ def paste_cut(image, label, cut: dict, centre, host_mean: float, flips=()) -> tu
     return image, label
 
 
+@contextlib.contextmanager
+def untracked_meta():
+    """Run MONAI transforms on plain tensors, without MetaTensor metadata or the inverse-transform stack.
+
+    Training never inverts its augmentations, and the bookkeeping costs about half of each sample's transform time
+    (5.4 against 2.8 ms a 256 x 256 slice), which on two CPU cores is a quarter of an epoch. The random draws and
+    the pixels are the same either way. Set per call, so that it holds in DataLoader workers however they start,
+    and restored after, so that other MONAI users in the process keep their metadata."""
+    tracked = get_track_meta()
+    set_track_meta(False)
+    try:
+        yield
+    finally:
+        set_track_meta(tracked)
+
+
 def _plain(tensor) -> torch.Tensor:
+    """A plain tensor from a transform's output (a MetaTensor, where metadata is tracked), for the collate."""
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else torch.as_tensor(tensor)
 
 

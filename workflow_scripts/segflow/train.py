@@ -209,8 +209,10 @@ def _setup_round(
     log.info("round %d: %d train cases, val %s, fixed holdout %s", round_index, len(train_ids), val_ids, holdout_ids)
 
     device = pick_device(cfg["device"])
-    dtype = amp_dtype_for(device, cfg)
+    dtype = amp_dtype_for(device, cfg, training=True)
     log.info("round %d: device %s, %s", round_index, device, f"mixed precision {dtype}" if dtype else "float32")
+    if device.type == "cpu" and cfg.get("amp_cpu") and dtype is None:
+        log.warning("round %d: train.amp_cpu is on, but this CPU lacks native bfloat16: float32 instead", round_index)
     model = build_model(cfg, n_classes)
     _initialise(model, round_index, init_checkpoint, cfg)
     model = model.to(device)

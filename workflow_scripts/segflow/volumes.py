@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from segflow.cases import load_case
-from segflow.data import scanner_augmentation
+from segflow.data import scanner_augmentation, untracked_meta
 
 # Patches per validation volume: one centred on each label and one on background when the volume has them.
 VALIDATION_PATCHES_PER_CLASS = 1
@@ -93,7 +93,8 @@ class PatchDataset(torch.utils.data.Dataset):
         return len(self.cases)
 
     def __getitem__(self, item: int) -> dict:
-        sample = _finish(self.transform(_volume_sample(self.cases[item])))
+        with untracked_meta():
+            sample = _finish(self.transform(_volume_sample(self.cases[item])))
         sample["case"] = item
         return sample
 
