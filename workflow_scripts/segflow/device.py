@@ -57,8 +57,8 @@ def amp_dtype_for(device: torch.device, cfg: dict, training: bool = False) -> to
 
 
 def cpu_has_bfloat16() -> bool:
-    """AVX512-BF16 or AMX: where bfloat16 convolutions ran 1.6x faster than float32 in training
-    (benchmarks/train_speed.py); a CPU without them emulates bfloat16 and runs slower than float32."""
+    """AVX512-BF16 or AMX: where a bfloat16 training step beat float32 (benchmarks/train_speed.py; docs/training.md);
+    a CPU without them emulates bfloat16 and runs slower than float32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
