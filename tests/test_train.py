@@ -233,14 +233,10 @@ def test_a_bfloat16_cpu_round_trains_and_saves_float32_weights(tmp_path, monkeyp
     import segflow.device
 
     monkeypatch.setattr(segflow.device, "cpu_has_bfloat16", lambda: True)  # autocast runs on any CPU, if slowly
-    image, seg = write_case(tmp_path / "raw")
-    dirs = {}
-    for name in ("a", "b"):
-        preprocess_case(image, seg, tmp_path / name, PRE)
-        dirs[name] = tmp_path / name
-    outputs = RoundOutputs(*(tmp_path / "out" / f for f in ("best.pt", "last.pt", "metrics.csv", "split.json")))
+    dirs = make_cases(tmp_path, n=2)
+    outputs = outputs_in(tmp_path / "out")
     cfg = {**TRAIN, "epochs": 1, "amp_cpu": True}
-    metrics = train_round(dirs, {"a": "a", "b": "b"}, 0, cfg, seed=0, outputs=outputs)
+    metrics = train_round(dirs, {case: case for case in dirs}, 0, cfg, seed=0, outputs=outputs)
     assert np.isfinite(metrics["val_loss"]).all()
     weights = torch.load(outputs.model_best, weights_only=False)["model"]
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
