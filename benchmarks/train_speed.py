@@ -2,7 +2,7 @@
 
 Run by hand (not a test):  .venv/bin/python benchmarks/train_speed.py [--device auto|cpu|cuda] [--sizes 128]
 It trains on random slices with the default config's model and loss, through the same autocast / GradScaler /
-channels-last choices as segflow.train (devices from segflow.device), after a few warm-up steps. On CUDA each
+channels-last path as segflow.train (devices from segflow.device), after a few warm-up steps. On CUDA each
 setting is measured in float32 and in mixed precision; on a CPU with native bfloat16, in float32 and in bfloat16
 (``train.amp_cpu``). The CPU preset's network: --channels 16,32,64,128,256 --norm instance --res-units 1.
 ``train_seconds_per_epoch`` is the training part of one default epoch (``samples_per_epoch`` slices); validation
@@ -23,7 +23,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
-from segflow.device import amp_dtype_for, autocast_for, cpu_has_bfloat16, pick_device, uses_channels_last  # noqa: E402
+from segflow.device import amp_dtype_for, autocast_for, cpu_has_bfloat16, pick_device  # noqa: E402
 from segflow.losses import build_loss  # noqa: E402
 from segflow.models import build_model  # noqa: E402
 
@@ -46,14 +46,13 @@ def measure(model_name: str, size: int, batch: int, device: torch.device, amp: s
     dtype = amp_dtype_for(device, {"amp": amp != "off", "amp_cpu": amp != "off", "amp_dtype": amp}, training=True)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = build_model(cfg, 4).to(device)
-    channels_last = uses_channels_last(device, dtype)  # as segflow.train decides
-    if channels_last:
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg)
     optimiser = torch.optim.AdamW(model.parameters(), lr=1e-3)
     images = torch.rand(batch, 1, size, size, device=device)
     labels = torch.randint(0, 4, (batch, 1, size, size), device=device)
-    if channels_last:
+    if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
 
     def step():

@@ -63,12 +63,5 @@ def cpu_has_bfloat16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def uses_channels_last(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
-    """Whether training holds weights and batches channels-last (NHWC, NDHWC): on CUDA always (tensor cores), on a
-    CPU under bfloat16 autocast, where oneDNN's bfloat16 convolutions ran a step of the CPU preset's network 1.2x
-    faster in 2D and 3D (docs/training.md); float32 on a CPU gained nothing, so it keeps the default layout."""
-    return device.type == "cuda" or amp_dtype is not None
-
-
 def autocast_for(device: torch.device, dtype: torch.dtype | None):
     return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)

@@ -14,7 +14,7 @@ import torch
 from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
-from segflow.device import amp_dtype_for, pick_device, uses_channels_last
+from segflow.device import amp_dtype_for, pick_device
 from segflow.inference import case_probabilities, probability_labels
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
@@ -37,7 +37,7 @@ def evaluate_on_holdout(
         model, meta = load_model(checkpoint, device)
         loss_fn = build_loss(cfg, regions, meta["n_classes"]).to(device)
         three_d = meta["model_cfg"].get("dims", 2) == 3
-        if uses_channels_last(device, dtype):
+        if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last)
         if three_d:  # the same fixed seeded patches for every round (segflow.volumes)
             from segflow.volumes import FixedPatches

@@ -33,7 +33,7 @@ import torch
 
 from segflow.checkpoints import model_cfg, save_checkpoint
 from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices, lesion_bank
-from segflow.device import amp_dtype_for, autocast_for, pick_device, uses_channels_last
+from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss
 from segflow.models import build_model, class_labels, for_whole_slices, load_weights
@@ -216,8 +216,8 @@ def _setup_round(
     model = build_model(cfg, n_classes)
     _initialise(model, round_index, init_checkpoint, cfg)
     model = model.to(device)
-    if uses_channels_last(device, dtype):
-        model = model.to(memory_format=_channels_last(cfg))  # faster convolutions (tensor cores, oneDNN bfloat16)
+    if device.type == "cuda":
+        model = model.to(memory_format=_channels_last(cfg))  # faster convolutions on tensor cores
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     scheduler = build_scheduler(optimiser, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
@@ -395,7 +395,7 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tup
     progress = _ProgressBar(len(loader), f"round {setup.round_index}")
     for batch in loader:
         _check_stop()
-        images, labels = _to_device(batch, device, setup.amp_dtype)
+        images, labels = _to_device(batch, device)
         setup.optimiser.zero_grad(set_to_none=True)
         with autocast_for(device, setup.amp_dtype):
             logits = model(images).float()
@@ -428,9 +428,9 @@ def _seed_worker(worker_id: int) -> None:
         transform.set_random_state(seed=worker_seed)
 
 
-def _to_device(batch: dict, device: torch.device, amp_dtype: torch.dtype | None):
+def _to_device(batch: dict, device: torch.device):
     images, labels = batch["image"].to(device, non_blocking=True), batch["label"].to(device, non_blocking=True)
-    if uses_channels_last(device, amp_dtype):
+    if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last if images.dim() == 4 else torch.channels_last_3d)
     return images, labels
 
@@ -450,7 +450,7 @@ def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, a
     tp = fp = fn = 0.0
     for batch in loader:
         _check_stop()
-        images, labels = _to_device(batch, device, amp_dtype)
+        images, labels = _to_device(batch, device)
         with autocast_for(device, amp_dtype):
             logits = model(images).float()
         total += float(loss_fn(logits, labels)) * len(images)
@@ -497,7 +497,7 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
         _check_stop()
         samples = [dataset.untransformed(i) for i in range(start, min(start + batch_size, len(dataset)))]
         batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "label")}
-        images, labels = _to_device(batch, device, amp_dtype)
+        images, labels = _to_device(batch, device)
         with autocast_for(device, amp_dtype):
             logits = model(images).float()
         losses += [float(loss_fn(logits[i : i + 1], labels[i : i + 1])) for i in range(len(samples))]
