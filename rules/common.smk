@@ -160,11 +160,15 @@ def get_trainval_preprocessed(wildcards):
     return expand(result("preprocessed", "{case}"), case=get_selected_cases("trainval"))
 
 
+# Each round's model (train.keep_epoch): its lowest-validation-loss epoch, or its last epoch (the final state).
+ROUND_MODEL = "model_last.pt" if config["train"]["keep_epoch"] == "last" else "model_best.pt"
+
+
 def get_previous_round_model(wildcards):
-    """Round r > 0 starts from round r-1's best checkpoint, so that file is an input of round r."""
+    """Round r > 0 starts from round r-1's model (ROUND_MODEL), so that file is an input of round r."""
     round_index = int(wildcards.round)
     return (
-        [result("train", f"round_{round_index - 1}", "model_best.pt")]
+        [result("train", f"round_{round_index - 1}", ROUND_MODEL)]
         if round_index > 0
         else []
     )
@@ -227,7 +231,7 @@ def get_final_outputs():
 
 # Keys only select_model reads: adding a round or changing how rounds are compared must neither rerun the rounds that
 # exist nor invalidate their saved training state (train_round's resume fingerprint hashes the params it is given).
-SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess")
+SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess", "keep_epoch")
 TRAIN_ROUND_PARAMS = {
     k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS
 }

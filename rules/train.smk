@@ -45,7 +45,7 @@ rule train_round:
 rule select_model:
     input:
         metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
-        models=expand(result("train", "round_{round}", "model_best.pt"), round=ROUNDS),
+        models=expand(result("train", "round_{round}", ROUND_MODEL), round=ROUNDS),
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         library=library(

@@ -444,3 +444,30 @@ def test_lesion_paste_is_seeded_and_only_touches_slices_showing_the_host():
         check_config(config_with_defaults({"train": {"dims": 3, "model": "vnet", "patch_size": [8, 16, 16],
                                                      "augment": {"lesion_paste_prob": 0.5}},
                                            "preprocess": {"size": None}}))  # fmt: skip
+
+
+def test_keep_epoch_last_takes_each_rounds_last_epoch_and_exports_it_without_the_training_state(tmp_path):
+    import pandas as pd
+
+    from segflow.checkpoints import export_checkpoint, model_cfg
+    from segflow.model_selection import select_best_round
+
+    metrics, states = [], []
+    for r, losses in enumerate([[0.9, 0.3, 0.7], [0.8, 0.6, 0.4]]):  # round 0's lowest loss is not its last
+        metrics.append(tmp_path / f"metrics_{r}.csv")
+        pd.DataFrame({"round": r, "epoch": range(3), "val_loss": losses, "val_dice": 0.5}).to_csv(metrics[-1])
+        states.append(tmp_path / f"model_last_{r}.pt")
+        weights = build_model(TRAIN, 4).state_dict()
+        torch.save({"model": weights, "model_cfg": model_cfg(TRAIN), "n_classes": 4, "round": r, "epoch": 2,
+                    "optimiser": {"state": {}}, "rng": [1, 2]}, states[-1])  # fmt: skip
+    best = select_best_round(metrics, states, keep_epoch="best")
+    assert list(best["table"]["best_epoch"]) == [1, 2] and best["round"] == 0  # round 0's epoch 1: 0.3
+    last = select_best_round(metrics, states, keep_epoch="last")
+    assert list(last["table"]["best_epoch"]) == [2, 2] and list(last["table"]["val_loss"]) == [0.7, 0.4]
+    assert last["round"] == 1 and last["keep_epoch"] == "last"  # compared by their last epochs, 0.4 beats 0.7
+    export_checkpoint(tmp_path / "best.pt", last["checkpoint"])
+    exported = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert set(exported) == {"model", "model_cfg", "n_classes", "round", "epoch"}  # no optimiser or random states
+    save_ensemble(tmp_path / "ensemble.pt", states)
+    assert all("optimiser" not in m for m in torch.load(tmp_path / "ensemble.pt", weights_only=False)["members"])
+    assert len(load_models(tmp_path / "ensemble.pt", torch.device("cpu"))[0]) == 2

@@ -2,11 +2,10 @@
 rounds), and decide the post-processing on the same holdout."""
 
 import logging
-import shutil
 from pathlib import Path
 
-from segflow.checkpoints import save_ensemble
-from segflow.io import atomic_path, write_json, write_table
+from segflow.checkpoints import export_checkpoint, save_ensemble
+from segflow.io import write_json, write_table
 from segflow.logs import run_logged
 from segflow.model_selection import decide_postprocessing, evaluate_on_holdout, select_best_round
 from segflow.selection import read_selection
@@ -24,15 +23,19 @@ def main(smk):
     logging.info("fixed holdout: %s", [d.name for d in holdout_dirs] or "none (train.holdout_fraction is 0)")
     holdout = evaluate_on_holdout(list(smk.input.models), holdout_dirs, cfg, smk.threads, smk.params.regions)
     choice = select_best_round(
-        list(smk.input.metrics), list(smk.input.models), holdout, cfg["select_by"], cfg["ensemble"]
+        list(smk.input.metrics),
+        list(smk.input.models),
+        holdout,
+        cfg["select_by"],
+        cfg["ensemble"],
+        cfg["keep_epoch"],
     )
     logging.info("selected round %d by %s (val loss %.4f)", choice["round"], choice["select_by"], choice["val_loss"])
     if len(choice["ensemble"]) > 1:
         logging.info("ensemble of rounds %s (mean softmax)", choice["ensemble_rounds"])
         save_ensemble(smk.output.best, choice["ensemble"])
     else:
-        with atomic_path(smk.output.best) as tmp:
-            shutil.copyfile(choice["checkpoint"], tmp)
+        export_checkpoint(smk.output.best, choice["checkpoint"])
     decision = decide_postprocessing(
         smk.output.best, holdout_dirs, cfg["postprocess"], smk.params.infer, smk.params.regions, smk.threads
     )

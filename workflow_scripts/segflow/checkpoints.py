@@ -52,8 +52,25 @@ def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Mo
     return models, first
 
 
+# What prediction needs of a round's model_best.pt or model_last.pt; model_last.pt also holds the optimiser,
+# scheduler and random states to resume from, which a kept model does not carry along.
+CHECKPOINT_KEYS = ("model", "model_cfg", "n_classes", "round", "epoch", "val_loss", "val_dice")
+
+
+def round_checkpoint(path) -> dict:
+    """A round's model as a checkpoint dictionary, from its model_best.pt or its model_last.pt."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {key: state[key] for key in CHECKPOINT_KEYS if key in state}
+
+
+def export_checkpoint(path, source) -> None:
+    """``source`` (a round's model_best.pt or model_last.pt) as a plain checkpoint at ``path``."""
+    with atomic_path(path) as tmp:
+        torch.save(round_checkpoint(source), tmp)
+
+
 def save_ensemble(path, checkpoint_paths: list) -> None:
     """One checkpoint file holding several rounds' networks; :func:`load_models` averages their softmax."""
-    members = [torch.load(p, map_location="cpu", weights_only=False) for p in checkpoint_paths]
+    members = [round_checkpoint(p) for p in checkpoint_paths]
     with atomic_path(path) as tmp:
         torch.save({"members": members, "sources": [str(p) for p in checkpoint_paths]}, tmp)

@@ -55,17 +55,20 @@ def select_best_round(
     holdout: list[Scores | None] | None = None,
     select_by: str = "val_loss",
     ensemble: int = 1,
+    keep_epoch: str = "best",
 ) -> dict:
-    """The round to keep, and a per-round table (best epoch, its val loss/Dice, the fixed holdout figures).
+    """The round to keep, and a per-round table (kept epoch, its val loss/Dice, the fixed holdout figures).
 
     Validation sets differ between rounds, so the holdout figures are the like-for-like comparison; ``select_by``
     chooses between the lowest validation loss (default, as in the seeds) and the highest holdout Dice.
+    ``keep_epoch``: which epoch is each round's model (``checkpoint_paths`` are those epochs' checkpoints), the one
+    with the lowest validation loss or the last one.
     """
     holdout = holdout or [None] * len(metrics_paths)
     rows = []
     for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
         metrics = pd.read_csv(metrics_path)
-        best = metrics.loc[metrics["val_loss"].idxmin()]
+        best = metrics.iloc[-1] if keep_epoch == "last" else metrics.loc[metrics["val_loss"].idxmin()]
         rows.append(
             {
                 "round": int(best["round"]),
@@ -91,6 +94,7 @@ def select_best_round(
         "round": int(chosen["round"]),
         "val_loss": float(chosen["val_loss"]),
         "select_by": select_by,
+        "keep_epoch": keep_epoch,
         "fixed_val_dice": None if math.isnan(chosen["fixed_val_dice"]) else float(chosen["fixed_val_dice"]),
         "table": table,
         "checkpoint": chosen["checkpoint"],

@@ -300,7 +300,7 @@ def validation_subset(val_set: SliceDataset, cfg: dict, round_seed: int):
 
 def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
     if init_checkpoint is not None:
-        previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model_best.pt")
+        previous = load_weights(model, init_checkpoint, key=f"round {round_index - 1}'s model")
         log.info(
             "round %d starts from %s (round %s, epoch %s, val loss %.4f)",
             round_index,
