@@ -161,7 +161,9 @@ def get_trainval_preprocessed(wildcards):
 
 
 # Each round's model (train.keep_epoch): its lowest-validation-loss epoch, or its last epoch (the final state).
-ROUND_MODEL = "model_last.pt" if config["train"]["keep_epoch"] == "last" else "model_best.pt"
+ROUND_MODEL = (
+    "model_last.pt" if config["train"]["keep_epoch"] == "last" else "model_best.pt"
+)
 
 
 def get_previous_round_model(wildcards):
