@@ -36,11 +36,13 @@ def test_the_cpu_preset_trains_on_label_centred_crops_seen_whole_in_windows():
     """The c rows of docs/quality.md won against whole slices on every figure, and class balance won on crops
     (c4); twice the epochs lost without copy-paste (c6, c18) and won with it (c22). bfloat16 training kept the Dice
     at 0.7x the time (c24); 2 x 14 epochs won with the round chosen on the fixed holdout (c27), and one round of
-    28 epochs won against that (c28, the preset)."""
+    28 epochs won against that (c28, the preset). Keeping the round's last epoch won on a second training of the
+    same recipe (c31 against c29)."""
     train = layered(["kits23.yaml", "kits23-cpu.yaml"])["train"]
     assert train["patch_size"] == [128, 128] and train["window_overlap"] == 0.5
     assert (train["rounds"], train["epochs"], train["samples_per_epoch"], train["batch_size"]) == (1, 28, 4000, 32)
     assert train["patience"] >= train["epochs"] and train["amp_cpu"] and train["select_by"] == "fixed_dice"
+    assert train["keep_epoch"] == "last"
     assert train["norm"] == "instance" and train["lr_schedule"] == "poly" and train["batch_dice"]
     assert train["class_balance"] and train["context_slices"] == 1
 
@@ -69,3 +71,11 @@ def test_the_kits_presets_leave_the_region_dice_and_the_scanner_augmentations_of
     augment = train["augment"]
     assert (augment["noise_prob"], augment["blur_prob"], augment["gamma_prob"]) == (0, 0, 0)
     assert train["dice_targets"] == "classes"
+
+
+@pytest.mark.parametrize("names", [["kits23.yaml"], ["kits19.yaml"]])
+def test_the_gpu_kits_presets_compare_rounds_on_the_holdout_by_their_last_epochs(names):
+    """Rows c25-c27 and c29/c31 of docs/quality.md (CPU rows): a later round's validation patients trained in the
+    round before, so rounds are compared on the fixed holdout; the last epoch beat the lowest validation loss."""
+    train = layered(names)["train"]
+    assert train["rounds"] > 1 and train["select_by"] == "fixed_dice" and train["keep_epoch"] == "last"
