@@ -37,11 +37,13 @@ el "data made"
 CF="$REPO/config/config.yaml $REPO/config/kits23.yaml $REPO/config/kits23-cpu.yaml $REPO/benchmarks/ablation/cpu_base.yaml"
 mkdir -p "$W/g1"
 printf 'results_dir: results\ndataset: {source: local, path: %s, cases: %s}\n' "$W/data" "$CASES" > "$W/g1/run.yaml"
-smk() {  # row dir, row file, cores, extra snakemake args...
+smk() {  # row dir, row file, cores, targets... (before the options: --configfile takes every word after it)
   local dir=$1 row=$2 cores=$3; shift 3
-  (cd "$dir" && $PY -m snakemake --snakefile "$REPO/Snakefile" --cores "$cores" --configfile $CF \
-     "$REPO/benchmarks/ablation/$row.yaml" $EXTRA run.yaml "$@")
+  (cd "$dir" && $PY -m snakemake "$@" --snakefile "$REPO/Snakefile" --cores "$cores" --configfile $CF \
+     "$REPO/benchmarks/ablation/$row.yaml" $EXTRA run.yaml)
 }
+export -f smk
+export CF REPO PY EXTRA  # for smk under timeout
 smk "$W/g1" g1_gpu "$JOBS" results/selection/cases.tsv > "$OUT/prep.log" 2>&1 || { tail -30 "$OUT/prep.log"; exit 1; }
 el "selected"
 TARGETS=$(awk -F'\t' 'NR>1 && $2=="true"{printf "results/preprocessed/%s ", $1}' "$W/g1/results/selection/cases.tsv")
@@ -50,12 +52,14 @@ el "preprocessed"
 mkdir -p "$W/g4" && cp -al "$W/g1/results" "$W/g4/results" && cp -a "$W/g1/.snakemake" "$W/g1/run.yaml" "$W/g4/"
 LEFT=$(( ${BUDGET:-560} - ($(date +%s) - START) ))
 el "rows, $LEFT s left"
-half=$(( JOBS / 2 ))
-timeout "$LEFT" bash -c "$(declare -f smk); CF='$CF'; REPO='$REPO'; PY='$PY'; EXTRA='$EXTRA'; smk '$W/g1' g1_gpu $half" > "$OUT/g1.log" 2>&1 &
-timeout "$LEFT" bash -c "$(declare -f smk); CF='$CF'; REPO='$REPO'; PY='$PY'; EXTRA='$EXTRA'; smk '$W/g4' g4_gpu_budget $half" > "$OUT/g4.log" 2>&1 &
+ROWS="g1:g1_gpu g4:g4_gpu_budget"  # folder:row file, run side by side with half the cores each
+for pair in $ROWS; do
+  timeout "$LEFT" bash -c 'smk "$@"' _ "$W/${pair%%:*}" "${pair#*:}" $(( JOBS / 2 )) > "$OUT/${pair%%:*}.log" 2>&1 &
+done
 wait
 el "rows done"
-for row in g1 g4; do
+for pair in $ROWS; do
+  row=${pair%%:*}
   (cd "$W/$row/results" && tar czf "$OUT/$row.tar.gz" --ignore-failed-read train/rounds.tsv train/best.json \
      train/round_0/metrics.csv scores/summary.tsv scores/scores.tsv benchmarks/train_round benchmarks/predict_case \
      logs/train_round logs/select_model 2>/dev/null)

@@ -68,13 +68,13 @@ def select_best_round(
     rows = []
     for metrics_path, checkpoint, fixed in zip(metrics_paths, checkpoint_paths, holdout):
         metrics = pd.read_csv(metrics_path)
-        best = metrics.iloc[-1] if keep_epoch == "last" else metrics.loc[metrics["val_loss"].idxmin()]
+        kept = metrics.iloc[-1] if keep_epoch == "last" else metrics.loc[metrics["val_loss"].idxmin()]
         rows.append(
             {
-                "round": int(best["round"]),
-                "best_epoch": int(best["epoch"]),
-                "val_loss": float(best["val_loss"]),
-                "val_dice": float(best["val_dice"]),
+                "round": int(kept["round"]),
+                "best_epoch": int(kept["epoch"]),
+                "val_loss": float(kept["val_loss"]),
+                "val_dice": float(kept["val_dice"]),
                 "fixed_val_loss": fixed.loss if fixed else math.nan,
                 "fixed_val_dice": fixed.dice if fixed else math.nan,
                 "epochs_run": len(metrics),
