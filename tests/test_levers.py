@@ -471,3 +471,42 @@ def test_keep_epoch_last_takes_each_rounds_last_epoch_and_exports_it_without_the
     save_ensemble(tmp_path / "ensemble.pt", states)
     assert all("optimiser" not in m for m in torch.load(tmp_path / "ensemble.pt", weights_only=False)["members"])
     assert len(load_models(tmp_path / "ensemble.pt", torch.device("cpu"))[0]) == 2
+
+
+def test_deep_supervision_weighs_the_heads_as_nnunet_and_leaves_plain_logits_alone():
+    plain = build_loss(TRAIN)
+    supervised = build_loss({**TRAIN, "deep_supervision": 2})
+    logits, target = torch.randn(2, 4, 16, 16), torch.randint(0, 4, (2, 1, 16, 16))
+    heads = torch.stack([logits, 2 * logits, torch.zeros_like(logits)], dim=1)  # (N, 1 + heads, C, H, W)
+    expected = (4 * plain(logits, target) + 2 * plain(2 * logits, target) + plain(heads[:, 2], target)) / 7
+    assert torch.allclose(supervised(heads, target), expected)
+    assert torch.equal(supervised(logits, target), plain(logits, target))  # eval mode: the main output only
+    with pytest.raises(ValueError, match="2 outputs for 3"):
+        supervised(heads[:, :2], target)
+
+
+def test_dynunet_gives_its_heads_in_training_and_one_output_when_loaded(tmp_path):
+    cfg = dict(TRAIN, model="dynunet", channels=[4, 8, 16, 32], context_slices=1, deep_supervision=2)
+    model = build_model(cfg, 4)
+    image, target = torch.rand(2, 1, 32, 32), torch.randint(0, 4, (2, 1, 32, 32))
+    heads = model.train()(image)
+    assert heads.shape == (2, 3, 4, 32, 32)  # every head upsampled to the input size
+    build_loss(cfg)(heads, target).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)  # the heads learn too
+    save_checkpoint(tmp_path / "m.pt", model.state_dict(), cfg, 4)
+    models, checkpoint = load_models(tmp_path / "m.pt", torch.device("cpu"))  # strict: the heads' weights load
+    assert checkpoint["model_cfg"]["deep_supervision"] == 2
+    with torch.no_grad():
+        assert models[0](image).shape == (2, 4, 32, 32)
+    with pytest.raises(ValueError, match="at least 5 levels"):
+        build_model({**cfg, "deep_supervision": 3}, 4)
+
+
+def test_deep_supervision_is_checked_at_start_up():
+    with pytest.raises(ConfigError, match="train.deep_supervision is 2 but train.model is unet"):
+        check_config(config_with_defaults({"train": {"deep_supervision": 2}}))
+    with pytest.raises(ConfigError, match="lower it to 3"):
+        check_config(config_with_defaults({"train": {"model": "dynunet", "deep_supervision": 4}}))
+    check_config(config_with_defaults({"train": {"model": "dynunet", "deep_supervision": 3}}))
+    volumes = {"model": "dynunet", "dims": 3, "deep_supervision": 1, "patch_size": [8, 16, 16]}
+    check_config(config_with_defaults({"train": volumes, "preprocess": {"size": None}}))

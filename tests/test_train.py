@@ -240,3 +240,16 @@ def test_a_bfloat16_cpu_round_trains_and_saves_float32_weights(tmp_path, monkeyp
     assert np.isfinite(metrics["val_loss"]).all()
     weights = torch.load(outputs.model_best, weights_only=False)["model"]
     assert all(w.dtype == torch.float32 for w in weights.values() if w.is_floating_point())
+
+
+def test_a_deep_supervision_round_trains_validates_and_predicts_on_the_main_output(tmp_path):
+    dirs = make_cases(tmp_path, n=2)
+    outputs = outputs_in(tmp_path / "out")
+    cfg = {**TRAIN, "model": "dynunet", "channels": [4, 8, 16], "deep_supervision": 1, "epochs": 1}
+    metrics = train_round(dirs, {case: case for case in dirs}, 0, cfg, seed=0, outputs=outputs)
+    assert np.isfinite(metrics[["train_loss", "train_dice", "val_loss", "val_dice"]].to_numpy()).all()
+    from segflow.checkpoints import load_model
+
+    model, _ = load_model(outputs.model_last, torch.device("cpu"))
+    labels = predict_slices(model, np.random.rand(3, 32, 32).astype(np.float32), 2, torch.device("cpu"))
+    assert labels.shape == (3, 32, 32)

@@ -10,7 +10,7 @@ from segflow.labelsets import allowed_labels
 from segflow.preflight import ConfigError
 
 MODELS_BY_DIMS = {
-    2: ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus"),
+    2: ("unet", "dynunet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus"),
     3: ("vnet", "unet", "dynunet", "segresnet"),
 }
 
@@ -24,6 +24,17 @@ def check_config(config: dict) -> None:
         raise ConfigError(
             f"train.model {model!r} is a {other}D model but train.dims is {dims}; with train.dims {dims} choose one of "
             f"{', '.join(MODELS_BY_DIMS[dims])}"
+        )
+    heads = train["deep_supervision"]
+    if heads and model != "dynunet":
+        raise ConfigError(
+            f"train.deep_supervision is {heads} but train.model is {model}; deep supervision needs train.model dynunet "
+            "(or set train.deep_supervision to 0)"
+        )
+    if heads > len(train["channels"]) - 2:
+        raise ConfigError(
+            f"train.deep_supervision {heads} needs at least {heads + 2} levels, but train.channels has "
+            f"{len(train['channels'])}; lower it to {max(len(train['channels']) - 2, 0)} or add levels"
         )
     patch = train["patch_size"]
     if dims == 3:

@@ -69,9 +69,41 @@ class WeightedSum(torch.nn.Module):
         return sum(w * loss(logits, target) for w, loss in zip(self.weights, self.parts))
 
 
+class DeepSupervisionLoss(torch.nn.Module):
+    """``loss`` over a network's deep-supervision heads: logits (N, 1 + heads, C, ...) as MONAI's DynUNet returns
+    them in training (every head upsampled to the target's size), weighted 1, 1/2, 1/4, ... and normalised to sum
+    1, as nnU-Net weighs its resolutions. Plain logits (N, C, ...), as in eval mode, get ``loss`` alone, so
+    validation scores the same loss on the output that prediction uses."""
+
+    def __init__(self, loss: torch.nn.Module, heads: int):
+        super().__init__()
+        self.loss = loss
+        weights = torch.tensor([0.5**i for i in range(heads + 1)])
+        self.weights = (weights / weights.sum()).tolist()
+
+    def forward(self, logits, target):
+        if logits.dim() != target.dim() + 1:
+            return self.loss(logits, target)
+        if logits.shape[1] != len(self.weights):
+            raise ValueError(f"{logits.shape[1]} outputs for {len(self.weights)} deep-supervision weights")
+        return sum(w * self.loss(logits[:, i], target) for i, w in enumerate(self.weights))
+
+
+def main_output(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The full-resolution logits (N, C, ...) of a network's output, with or without deep-supervision heads."""
+    return logits[:, 0] if logits.dim() == target.dim() + 1 else logits
+
+
 def build_loss(cfg: dict, regions: dict | None = None, n_classes: int | None = None) -> torch.nn.Module:
     """The loss ``cfg`` (``train``) names. ``regions`` ({name: [label values]}, ``score.regions``) and
-    ``n_classes`` are needed with ``dice_targets: regions``."""
+    ``n_classes`` are needed with ``dice_targets: regions``. With ``deep_supervision`` heads it is taken over
+    every head (:class:`DeepSupervisionLoss`)."""
+    loss = _loss(cfg, regions, n_classes)
+    heads = int(cfg.get("deep_supervision", 0))
+    return DeepSupervisionLoss(loss, heads) if heads else loss
+
+
+def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Module:
     from monai import losses
 
     name = cfg["loss"]

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from segflow.networks import NORMS, build_network, segresnet
+from segflow.networks import NORMS, build_network, dynunet, segresnet
 
-MODELS = ("unet", "attention_unet", "unetpp", "efficientnet_unet", "segresnet", "deeplabv3plus")  # 2D; 3D: networks
+MODELS = (
+    "unet",
+    "dynunet",
+    "attention_unet",
+    "unetpp",
+    "efficientnet_unet",
+    "segresnet",
+    "deeplabv3plus",
+)  # 2D; 3D: networks
 # What a checkpoint records to rebuild its network (segflow.checkpoints.save_checkpoint writes these from the config).
 MODEL_KEYS = (
     "model",
@@ -25,6 +33,7 @@ MODEL_KEYS = (
     "dims",
     "patch_size",
     "window_overlap",
+    "deep_supervision",
 )
 
 
@@ -100,6 +109,8 @@ def build_model(cfg: dict, n_classes: int) -> torch.nn.Module:
             norm=norm,
             dropout=dropout,
         )
+    if name == "dynunet":
+        return dynunet(2, channels, in_channels, n_classes, norm, dropout, int(cfg.get("deep_supervision", 0)))
     if name == "attention_unet":
         if norm[0] != "batch":
             raise ValueError("train.model attention_unet has batch normalisation only; set train.norm: batch")

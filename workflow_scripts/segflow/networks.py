@@ -9,8 +9,8 @@ them to another torch with CUDA wheels (docs/training.md says more).
 
 3D: ``vnet`` is MONAI's VNet (Milletari et al. 2016; the seed's) when ``channels[0]`` is 16, its published width;
 other widths build the same topology from MONAI's own VNet blocks with every width scaled (CPU-sized runs).
-``unet`` (MONAI UNet), ``dynunet`` (MONAI DynUNet, nnU-Net's architecture) and ``segresnet`` take ``channels``
-as in 2D.
+``unet`` (MONAI UNet), ``dynunet`` (MONAI DynUNet, nnU-Net's architecture, 2D or 3D) and ``segresnet`` take
+``channels`` as in 2D.
 """
 
 from __future__ import annotations
@@ -66,23 +66,40 @@ def build_network(cfg: dict, n_classes: int) -> nn.Module:
             dropout=dropout,
         )
     if name == "dynunet":
-        levels = len(channels)
-        return nets.DynUNet(
-            spatial_dims=3,
-            in_channels=in_channels,
-            out_channels=n_classes,
-            kernel_size=[3] * levels,
-            strides=[1] + [2] * (levels - 1),
-            upsample_kernel_size=[2] * (levels - 1),
-            filters=list(channels),
-            dropout=dropout or None,
-            norm_name=norm,
-            res_block=True,
-        )
+        return dynunet(3, channels, in_channels, n_classes, norm, dropout, int(cfg.get("deep_supervision", 0)))
     if name == "segresnet":
         return segresnet(3, channels, in_channels, n_classes, dropout)
     raise ValueError(
         f"train.model {name!r} is not a 3D model; with train.dims 3 choose vnet, unet, dynunet or segresnet"
+    )
+
+
+def dynunet(spatial_dims: int, channels, in_channels: int, n_classes: int, norm, dropout: float, heads: int = 0):
+    """MONAI's DynUNet (nnU-Net's U-Net: 3x3 convolutions, leaky ReLU, strided downsampling, residual blocks as in
+    nnU-Net's residual-encoder plans), 2D or 3D, one level per ``channels`` entry.
+
+    ``heads`` > 0 adds that many deep-supervision outputs below full resolution (``train.deep_supervision``).
+    In training mode the network then returns (N, 1 + heads, C, ...) with every head upsampled to the input size
+    (segflow.losses.DeepSupervisionLoss weighs them); in eval mode it returns the full-resolution output only, so
+    validation and inference are unchanged."""
+    from monai.networks import nets
+
+    levels = len(channels)
+    if heads > levels - 2:
+        raise ValueError(f"train.deep_supervision {heads} needs at least {heads + 2} levels in train.channels")
+    return nets.DynUNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=n_classes,
+        kernel_size=[3] * levels,
+        strides=[1] + [2] * (levels - 1),
+        upsample_kernel_size=[2] * (levels - 1),
+        filters=list(channels),
+        dropout=dropout or None,
+        norm_name=norm,
+        res_block=True,
+        deep_supervision=heads > 0,
+        deep_supr_num=max(heads, 1),
     )
 
 

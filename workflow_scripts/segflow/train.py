@@ -35,7 +35,7 @@ from segflow.checkpoints import model_cfg, save_checkpoint
 from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices, lesion_bank
 from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
-from segflow.losses import build_loss
+from segflow.losses import build_loss, main_output
 from segflow.models import build_model, class_labels, for_whole_slices, load_weights
 from segflow.seeding import derive_seed, rng_for, seed_everything
 
@@ -407,7 +407,7 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tup
         setup.scaler.update()
         total += loss.item() * len(images)
         count += len(images)
-        pred, ref = _predicts_foreground(logits.detach()), labels[:, 0] > 0
+        pred, ref = _predicts_foreground(main_output(logits.detach(), labels)), labels[:, 0] > 0
         overlap += [float((pred & ref).sum()), float(pred.sum() + ref.sum())]
         progress.step(total / count)
     progress.close()
