@@ -78,11 +78,11 @@ class DeepSupervisionLoss(torch.nn.Module):
     def __init__(self, loss: torch.nn.Module, heads: int):
         super().__init__()
         self.loss = loss
-        weights = torch.tensor([0.5**i for i in range(heads + 1)])
-        self.weights = (weights / weights.sum()).tolist()
+        weights = [0.5**i for i in range(heads + 1)]
+        self.weights = [w / sum(weights) for w in weights]
 
     def forward(self, logits, target):
-        if logits.dim() != target.dim() + 1:
+        if not _has_heads(logits, target):
             return self.loss(logits, target)
         if logits.shape[1] != len(self.weights):
             raise ValueError(f"{logits.shape[1]} outputs for {len(self.weights)} deep-supervision weights")
@@ -91,7 +91,12 @@ class DeepSupervisionLoss(torch.nn.Module):
 
 def main_output(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The full-resolution logits (N, C, ...) of a network's output, with or without deep-supervision heads."""
-    return logits[:, 0] if logits.dim() == target.dim() + 1 else logits
+    return logits[:, 0] if _has_heads(logits, target) else logits
+
+
+def _has_heads(logits: torch.Tensor, target: torch.Tensor) -> bool:
+    """(N, 1 + heads, C, ...) against a (N, 1, ...) target: one dimension more than plain logits have."""
+    return logits.dim() == target.dim() + 1
 
 
 def build_loss(cfg: dict, regions: dict | None = None, n_classes: int | None = None) -> torch.nn.Module:
