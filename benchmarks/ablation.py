@@ -150,7 +150,7 @@ def _jump(row_dir: Path) -> float:
 
     steps = []
     for curve in sorted((row_dir / "curves").glob("*.csv")):
-        steps += list(pd.read_csv(curve)["val_dice"].diff().abs().dropna())
+        steps += list(pd.read_csv(curve)["val_dice"].dropna().diff().abs().dropna())  # validated epochs only
     return sum(steps) / max(len(steps), 1)
 
 

@@ -510,3 +510,9 @@ def test_deep_supervision_is_checked_at_start_up():
     check_config(config_with_defaults({"train": {"model": "dynunet", "deep_supervision": 3}}))
     volumes = {"model": "dynunet", "dims": 3, "deep_supervision": 1, "patch_size": [8, 16, 16]}
     check_config(config_with_defaults({"train": volumes, "preprocess": {"size": None}}))
+
+
+def test_val_every_needs_the_poly_schedule():
+    with pytest.raises(ConfigError, match="train.val_every is 4, but train.lr_schedule plateau"):
+        check_config(config_with_defaults({"train": {"val_every": 4, "lr_schedule": "plateau"}}))
+    check_config(config_with_defaults({"train": {"val_every": 4, "lr_schedule": "poly"}}))

@@ -5,6 +5,7 @@ import re
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 from workflow import copy_workflow, planned_jobs, snakemake
@@ -18,6 +19,7 @@ LEVERS = {
         "batch_dice": True,
         "dice_targets": "regions",
         "val_max_slices": 40,
+        "val_every": 2,
         "ensemble": 2,
         "keep_epoch": "last",
         "postprocess": ["largest_foreground", "masses_in_kidneys"],
@@ -45,6 +47,8 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
         cuts = re.search(r"lesion copy-paste: (\d+) lesion cuts from \d+ training cases", log)
         assert cuts and int(cuts.group(1)) > 0
+        metrics = pd.read_csv(results / "train" / f"round_{round_index}" / "metrics.csv")
+        assert metrics["val_loss"].isna().to_list() == [True, False]  # 2 epochs: val_every 2 validates the last
     best = torch.load(results / "train/best.pt", weights_only=False)
     assert len(best["members"]) == 2 and best["members"][0]["model_cfg"]["context_slices"] == 3
 

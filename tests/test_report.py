@@ -207,3 +207,26 @@ def test_organ_label_set_drives_headline_tables_and_overlays(tmp_path):
     assert "different data" not in html
     assert "#d2691e'>&#9632;</span> liver" in html and "#aa00ff'>&#9632;</span> spleen" in html
     assert "kidney" not in html.lower().replace("kidney_and_masses", "")
+
+
+def test_training_curves_join_only_the_validated_epochs_of_a_sparse_round():
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from segflow import report_figures
+
+    frame = pd.DataFrame(
+        {
+            "round": 0,
+            "epoch": range(6),
+            "train_loss": np.linspace(1.0, 0.5, 6),
+            "val_loss": [np.nan, 0.9, np.nan, 0.7, np.nan, 0.6],  # train.val_every: 2
+            "val_dice": [np.nan, 0.5, np.nan, 0.7, np.nan, 0.8],
+        }
+    )
+    assert report_figures.training_curves_png([frame], chosen_round=0, best_epoch=5).startswith(b"\x89PNG")
+    fig = Figure()
+    ax = fig.add_subplot()
+    report_figures._plot_round(ax, "loss", frame, np.arange(6), "C0", "round 0")
+    validation = [line for line in ax.get_lines() if line.get_label() == "round 0 validation"][0]
+    assert list(validation.get_xdata()) == [1, 3, 5] and list(validation.get_ydata()) == [0.9, 0.7, 0.6]

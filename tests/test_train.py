@@ -253,3 +253,39 @@ def test_a_deep_supervision_round_trains_validates_and_predicts_on_the_main_outp
     model, _ = load_model(outputs.model_last, torch.device("cpu"))
     labels = predict_slices(model, np.random.rand(3, 32, 32).astype(np.float32), 2, torch.device("cpu"))
     assert labels.shape == (3, 32, 32)
+
+
+def test_val_every_validates_every_nth_and_the_last_epoch_and_trains_the_same_weights(tmp_path):
+    dirs = make_cases(tmp_path, n=3)
+    patients = {case: case for case in dirs}
+    cfg = {**TRAIN, "epochs": 5, "patience": 5, "lr_schedule": "poly"}
+    every, sparse = outputs_in(tmp_path / "every"), outputs_in(tmp_path / "sparse")
+    train_round(dirs, patients, 0, cfg, 3, every)
+    metrics = train_round(dirs, patients, 0, {**cfg, "val_every": 2}, 3, sparse)
+
+    # Epochs 2, 4 (1-based) and the last, 5, validate; the others train only and keep the columns, empty.
+    validated = metrics["val_loss"].notna().to_list()
+    assert validated == [False, True, False, True, True]
+    val_columns = [c for c in metrics.columns if c.startswith("val_")]
+    assert metrics.loc[[0, 2], val_columns].isna().all().all()
+    assert list(pd.read_csv(sparse.metrics).columns) == list(pd.read_csv(every.metrics).columns)
+    # Validation draws no random numbers: the same training, epoch for epoch, and the same validated figures.
+    full = pd.read_csv(every.metrics)
+    assert np.allclose(metrics["train_loss"], full["train_loss"])
+    assert np.allclose(metrics.loc[validated, "val_loss"], full.loc[validated, "val_loss"])
+    last = [torch.load(out.model_last, weights_only=False)["model"] for out in (every, sparse)]
+    assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
+    # The kept "best" epoch is a validated one, and the curves skip the gaps.
+    best = torch.load(sparse.model_best, weights_only=False)
+    assert validated[best["epoch"]]
+    plot_curves(tmp_path / "curves.png", metrics)
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_val_every_validates_where_early_stopping_could_end_the_round():
+    from segflow.train import validates
+
+    cfg = {"val_every": 10, "epochs": 30, "patience": 3}
+    assert not validates(0, stale=0, cfg=cfg) and validates(9, stale=0, cfg=cfg) and validates(29, stale=0, cfg=cfg)
+    # Two epochs without improvement: the next one could stop the round, so it is measured.
+    assert validates(4, stale=2, cfg=cfg) and not validates(4, stale=1, cfg=cfg)

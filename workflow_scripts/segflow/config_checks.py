@@ -36,6 +36,11 @@ def check_config(config: dict) -> None:
             f"train.deep_supervision {heads} needs at least {heads + 2} levels, but train.channels has "
             f"{len(train['channels'])}; lower it to {max(len(train['channels']) - 2, 0)} or add levels"
         )
+    if train["val_every"] > 1 and train["lr_schedule"] == "plateau":
+        raise ConfigError(
+            f"train.val_every is {train['val_every']}, but train.lr_schedule plateau steps on every epoch's validation "
+            "loss; set train.lr_schedule to poly or train.val_every to 1"
+        )
     patch = train["patch_size"]
     if dims == 3:
         if pre["size"] is not None:

@@ -214,11 +214,14 @@ def training_curves_png(rounds: Sequence[pd.DataFrame], chosen_round: int, best_
 
 
 def _plot_round(ax, panel: str, frame: pd.DataFrame, x, colour, name: str) -> None:
+    # Validation lines join the validated epochs only (train.val_every leaves the others NaN), with markers then.
+    validated = frame["val_loss"].notna().to_numpy()
+    marker = "-" if validated.all() else ".-"
     if panel == "loss":
         ax.plot(x, frame["train_loss"], "--", color=colour, lw=1, label=f"{name} train")
-        ax.plot(x, frame["val_loss"], "-", color=colour, lw=1.5, label=f"{name} validation")
+        ax.plot(x[validated], frame["val_loss"][validated], marker, color=colour, lw=1.5, label=f"{name} validation")
     else:
-        ax.plot(x, frame["val_dice"], "-", color=colour, lw=1.5, label=name)
+        ax.plot(x[validated], frame["val_dice"][validated], marker, color=colour, lw=1.5, label=name)
 
 
 # --- overlays -------------------------------------------------------------------------------------------------------

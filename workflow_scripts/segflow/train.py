@@ -152,6 +152,7 @@ class RoundState:
     next_epoch: int = 0
 
     def record(self, row: dict, model: torch.nn.Module) -> None:
+        """Add an epoch's row; a row without validation (NaN loss, train.val_every) counts as no improvement."""
         self.rows.append(row)
         self.next_epoch = row["epoch"] + 1
         if row["val_loss"] < self.best_loss:
@@ -185,7 +186,8 @@ def train_round(
         fingerprint = _fingerprint(cfg, seed, round_index, case_dirs, init_checkpoint, regions)
         state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
-            state.record(_run_epoch(setup, state.next_epoch), setup.model)
+            validate = validates(state.next_epoch, state.stale, cfg)
+            state.record(_run_epoch(setup, state.next_epoch, validate), setup.model)
             write_table(outputs.metrics, pd.DataFrame(state.rows), sep=",")  # readable while the round runs
             _save_state(setup, state, outputs.resume_state, fingerprint)
             if state.stale >= cfg["patience"]:
@@ -316,8 +318,17 @@ def _initialise(model, round_index: int, init_checkpoint, cfg: dict) -> None:
         log.info("round %d starts from random initialisation", round_index)
 
 
-def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
-    """One epoch; every random stream is reseeded from (round seed, epoch) so that resuming is exact."""
+def validates(epoch: int, stale: int, cfg: dict) -> bool:
+    """Whether ``epoch`` (0-based) validates under ``train.val_every``: every N-th epoch, the last one (whose model
+    keep_epoch last keeps), and one after which early stopping could end the round, so that the stop rests on a
+    measured loss."""
+    return (epoch + 1) % cfg["val_every"] == 0 or epoch == cfg["epochs"] - 1 or stale + 1 >= cfg["patience"]
+
+
+def _run_epoch(setup: RoundSetup, epoch: int, validate: bool = True) -> dict:
+    """One epoch; every random stream is reseeded from (round seed, epoch) so that resuming is exact. Without
+    ``validate`` the validation figures are NaN; validation draws no random numbers, so skipping it leaves the
+    training identical."""
     cfg = setup.cfg
     epoch_seed = derive_seed(setup.round_seed, "epoch", epoch)
     torch.manual_seed(epoch_seed)  # dropout, and the DataLoader's worker seeds
@@ -332,18 +343,7 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
         weights=setup.sample_weights,
     )
     train_loss, train_dice = _train_epoch(setup, indices, epoch_seed)
-    # Validation sees whole slices, as inference does (in windows of the crop size for a crop-trained network).
-    whole = for_whole_slices(setup.model, model_cfg(cfg))
-    val = evaluate(
-        whole,
-        setup.val_set,
-        setup.loss_fn,
-        cfg["batch_size"],
-        setup.device,
-        setup.n_classes,
-        setup.amp_dtype,
-        setup.class_names,
-    )
+    val = _validate(setup) if validate else _not_validated(setup)
     lr = setup.optimiser.param_groups[0]["lr"]  # the rate this epoch trained with
     if isinstance(setup.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         setup.scheduler.step(val.loss)
@@ -365,17 +365,37 @@ def _run_epoch(setup: RoundSetup, epoch: int) -> dict:
         "seconds": round(time.perf_counter() - started, 3),
     }
     log.info(
-        "round %d epoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, lr %.2g (%.1f s)",
+        "round %d epoch %d/%d: train loss %.4f, %s, lr %.2g (%.1f s)",
         setup.round_index,
         epoch + 1,
         cfg["epochs"],
         train_loss,
-        val.loss,
-        val.dice,
+        f"val loss {val.loss:.4f}, val Dice {val.dice:.4f}" if validate else "not validated (train.val_every)",
         row["lr"],
         row["seconds"],
     )
     return row
+
+
+def _validate(setup: RoundSetup) -> Scores:
+    # Validation sees whole slices, as inference does (in windows of the crop size for a crop-trained network).
+    whole = for_whole_slices(setup.model, model_cfg(setup.cfg))
+    return evaluate(
+        whole,
+        setup.val_set,
+        setup.loss_fn,
+        setup.cfg["batch_size"],
+        setup.device,
+        setup.n_classes,
+        setup.amp_dtype,
+        setup.class_names,
+    )
+
+
+def _not_validated(setup: RoundSetup) -> Scores:
+    """NaN figures with the columns of a validated epoch, so that metrics.csv keeps one layout."""
+    names = [(setup.class_names or CLASS_NAMES).get(c, str(c)) for c in range(1, setup.n_classes)]
+    return Scores(math.nan, math.nan, math.nan, math.nan, math.nan, dict.fromkeys(names, math.nan))
 
 
 def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tuple[float, float]:
