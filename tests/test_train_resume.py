@@ -90,10 +90,10 @@ def test_state_from_another_configuration_is_not_resumed(tmp_path, caplog, monke
     out = tmp_path / "round"
     run_epoch = segflow.train._run_epoch
 
-    def crash_in_second_epoch(setup, epoch):
+    def crash_in_second_epoch(setup, epoch, validate=True):
         if epoch == 1:
             raise RuntimeError("node failure")
-        return run_epoch(setup, epoch)
+        return run_epoch(setup, epoch, validate)
 
     monkeypatch.setattr(segflow.train, "_run_epoch", crash_in_second_epoch)
     with pytest.raises(RuntimeError, match="node failure"):
@@ -118,10 +118,10 @@ def test_state_built_on_other_preprocessing_is_not_resumed(tmp_path, caplog, mon
     out = tmp_path / "round"
     run_epoch = segflow.train._run_epoch
 
-    def crash_in_second_epoch(setup, epoch):
+    def crash_in_second_epoch(setup, epoch, validate=True):
         if epoch == 1:
             raise RuntimeError("killed")
-        return run_epoch(setup, epoch)
+        return run_epoch(setup, epoch, validate)
 
     monkeypatch.setattr(segflow.train, "_run_epoch", crash_in_second_epoch)
     with pytest.raises(RuntimeError, match="killed"):
