@@ -1,4 +1,4 @@
-"""Tests of segflow.postprocess on hand-made label maps: the two steps, apply() and the holdout decision.
+"""Tests of segflow.postprocess on hand-made label maps: the four steps, apply() and the holdout decision.
 
 Label maps are (z, y, x) blocks of a few thousand voxels: kidneys are boxes, masses small boxes on or off them.
 """
@@ -158,6 +158,70 @@ def test_drop_masses_agrees_with_dilated_kidney_definition():
         np.testing.assert_array_equal(pp.drop_masses_outside_kidneys(labels), expected, err_msg=str(trial))
 
 
+# --- keep_largest_mass_per_kidney and keep_largest_mass -----------------------------------------------------------
+
+
+def kidneys_with_specks():
+    """Left kidney: a tumour of 36 voxels and a speck of 1; right kidney: a cyst of 8 touching a tumour of 4 (one
+    mass of 12) and a speck of 2."""
+    labels = two_kidneys()
+    box(labels, 2, (8, 12), (14, 17), (8, 11))  # 36
+    box(labels, 2, (16, 17), (25, 26), (15, 16))  # 1
+    box(labels, 3, (8, 10), (14, 16), (44, 46))  # 8
+    box(labels, 2, (8, 9), (14, 16), (46, 48))  # 4, face contact with the cyst
+    box(labels, 2, (16, 17), (25, 26), (50, 52))  # 2
+    return labels
+
+
+def test_largest_mass_per_kidney_keeps_one_mass_in_each_kidney():
+    labels = kidneys_with_specks()
+    out = pp.keep_largest_mass_per_kidney(labels)
+    assert out[16, 25, 15] == 1 and (out[16, 25, 50:52] == 1).all()  # the specks became kidney
+    assert (
+        (out[8:12, 14:17, 8:11] == 2).all()
+        and (out[8:10, 14:16, 44:46] == 3).all()
+        and (out[8, 14:16, 46:48] == 2).all()
+    )
+    np.testing.assert_array_equal(out > 0, labels > 0)  # kidney_and_masses untouched
+
+
+def test_largest_mass_keeps_one_mass_in_the_volume():
+    labels = kidneys_with_specks()
+    out = pp.keep_largest_mass(labels)
+    assert (out[8:12, 14:17, 8:11] == 2).all()
+    assert not np.isin(out[:, :, 30:], (2, 3)).any()  # the right kidney's masses became kidney
+    assert np.count_nonzero(np.isin(out, (2, 3))) == 36
+    np.testing.assert_array_equal(out > 0, labels > 0)
+
+
+def test_largest_mass_steps_leave_one_mass_alone_and_break_ties_by_raster_order():
+    one = box(two_kidneys(), 2, (8, 12), (14, 17), (8, 11))
+    for step in (pp.keep_largest_mass_per_kidney, pp.keep_largest_mass):
+        np.testing.assert_array_equal(step(one), one)
+        np.testing.assert_array_equal(step(two_kidneys()), two_kidneys())
+    tied = box(one.copy(), 2, (8, 12), (20, 23), (8, 11))  # a second tumour of 36 in the same kidney, later in y
+    out = pp.keep_largest_mass_per_kidney(tied)
+    assert (out[8:12, 14:17, 8:11] == 2).all() and (out[8:12, 20:23, 8:11] == 1).all()
+
+
+def test_largest_mass_steps_agree_with_a_loop_over_components():
+    rng = np.random.default_rng(3)
+    full = np.ones((3, 3, 3), bool)
+    for trial in range(5):
+        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
+        labels = labels.astype(np.uint8)
+        foreground, _ = ndimage.label(labels > 0, structure=full)
+        masses, n = ndimage.label(np.isin(labels, (2, 3)), structure=full)
+        comps = [(int((masses == i).sum()), i, int(foreground[masses == i][0])) for i in range(1, n + 1)]
+        for per_kidney, step in ((True, pp.keep_largest_mass_per_kidney), (False, pp.keep_largest_mass)):
+            groups = {}
+            for size, i, owner in comps:
+                groups.setdefault(owner if per_kidney else 0, []).append((-size, i))
+            keep = [min(group)[1] for group in groups.values()]
+            expected = np.where((masses > 0) & ~np.isin(masses, keep), 1, labels)
+            np.testing.assert_array_equal(step(labels), expected, err_msg=f"{trial} {per_kidney}")
+
+
 # --- apply -------------------------------------------------------------------------------------------------------
 
 
@@ -283,6 +347,16 @@ def test_decide_keeps_masses_step_when_it_helps():
     assert steps == ["masses_in_kidneys"]
     rows = {r["region"]: r for r in table}
     assert rows["masses"]["without"] == 0.0 and rows["masses"]["with"] == 1.0  # both empty after removal: 1
+
+
+def test_decide_keeps_the_per_kidney_mass_step_and_not_the_global_one_with_a_tumour_in_each_kidney():
+    """Specks of tumour in a kidney go with the per-kidney step; the global step would then also turn the second
+    kidney's real tumour into kidney, so it is rejected."""
+    ref = box(two_kidneys(), 2, (8, 12), (14, 17), (8, 11))
+    box(ref, 2, (8, 11), (14, 17), (44, 47))
+    pred = box(ref.copy(), 2, (16, 17), (25, 26), (15, 16))  # a speck in the left kidney
+    steps, _ = pp.decide([pred], [ref], ["largest_mass_per_kidney", "largest_mass"])
+    assert steps == ["largest_mass_per_kidney"]
 
 
 def test_decide_rejects_a_step_that_changes_nothing_and_one_that_trades_regions():

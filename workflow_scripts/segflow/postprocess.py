@@ -1,6 +1,6 @@
 """Post-processing of predicted KiTS label maps, and its decision on a fixed holdout (nnU-Net style).
 
-Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Two steps, each a function from a label map to a new label map
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Four steps, each a function from a label map to a new label map
 of the same shape and dtype (the input is never modified):
 
 * ``largest_foreground`` (:func:`keep_largest_foreground`): connected components of the foreground (labels > 0,
@@ -12,6 +12,14 @@ of the same shape and dtype (the input is never modified):
   26-adjacent to a voxel of label 1. Computed as "foreground components that contain no kidney voxel are removed":
   the two are the same, because a path inside a foreground component that leaves a mass component must step onto
   a kidney voxel (any mass voxel adjacent to it would belong to the same mass component).
+* ``largest_mass_per_kidney`` (:func:`keep_largest_mass_per_kidney`): inside each foreground component (a kidney
+  with its masses), only the largest 26-connected component of labels {2, 3} stays a mass; the voxels of the
+  others become kidney (label 1). The region kidney_and_masses is unchanged: the step only moves voxels from
+  masses to kidney, against the specks of tumour a 2D model scatters through a kidney (nnU-Net's per-region
+  "largest component" step, with kidney instead of background, since KiTS masses lie inside the kidney region).
+* ``largest_mass`` (:func:`keep_largest_mass`): the same over the whole volume: one mass component stays, the
+  other mass voxels become kidney. It loses a second tumour, in the other kidney or the same one, so it is tried
+  after the per-kidney step and kept only where the holdout says so.
 
 :func:`decide` chooses which steps to use from predictions and references of a holdout set, as nnU-Net's
 ``determine_postprocessing`` does on its cross-validation: start with no post-processing, try each candidate in
@@ -96,7 +104,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 def _foreground_components(labels: np.ndarray):
     """(a copy of labels, the foreground's box, component ids inside it, their count); count 0 when empty.
 
-    Both steps label the foreground (kidney_and_masses) once, inside its bounding box, and edit the copy there.
+    Every step labels the foreground (kidney_and_masses) once, inside its bounding box, and edit the copy there.
     """
     out = labels.copy()
     foreground = labels > 0
@@ -158,9 +166,50 @@ def drop_masses_outside_kidneys(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def keep_largest_mass_per_kidney(labels: np.ndarray) -> np.ndarray:
+    """In each foreground component, keep its largest mass component; other mass voxels become kidney (label 1).
+
+    Mass components are 26-connected components of labels {2, 3} (a tumour touching a cyst is one mass); each lies
+    in exactly one foreground component. Equal sizes are broken by component id (raster order).
+    """
+    return _keep_largest_masses(_check_labels(labels), per_kidney=True)
+
+
+def keep_largest_mass(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest mass component of the whole volume; every other mass voxel becomes kidney (label 1)."""
+    return _keep_largest_masses(_check_labels(labels), per_kidney=False)
+
+
+def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
+    out, box, foreground_ids, n = _foreground_components(labels)
+    if n == 0:
+        return out
+    region = out[box]  # a view: writing it writes out
+    is_mass = np.isin(region, MASSES)
+    mass_ids, n_masses = _components(is_mass)
+    if n_masses <= 1:
+        return out
+    sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)[1:]
+    # The foreground component each mass lies in (all its voxels share one); a single group without per_kidney.
+    owner = np.zeros(n_masses + 1, dtype=np.int64)
+    if per_kidney:
+        owner[mass_ids[is_mass]] = foreground_ids[is_mass]
+    owner = owner[1:]
+    # Sorted by owner, then size descending, then id: the first mass of each owner's run is the one it keeps.
+    order = np.lexsort((np.arange(n_masses), -sizes, owner))
+    first = np.ones(n_masses, dtype=bool)
+    first[1:] = owner[order][1:] != owner[order][:-1]
+    keep = np.zeros(n_masses + 1, dtype=bool)
+    keep[order[first] + 1] = True
+    region[is_mass & ~keep[mass_ids]] = KIDNEY
+    return out
+
+
 STEPS: dict[str, Callable[..., np.ndarray]] = {
     "largest_foreground": keep_largest_foreground,
     "masses_in_kidneys": drop_masses_outside_kidneys,
+    "largest_mass_per_kidney": keep_largest_mass_per_kidney,
+    "largest_mass": keep_largest_mass,
 }
 
 
