@@ -12,6 +12,8 @@ Run by hand, never in tests or CI (a run trains for tens of minutes). Subcommand
   errors     where each true label's voxels went in a finished results folder's test predictions (a confusion
              table over all test cases), and per case each tumour's share found as tumour, kidney or background
              and the predicted tumour components that touch no true mass (false positives)
+  postprocess  the test predictions of a finished results folder with post-processing steps applied on top, scored
+             as the pipeline scores them: a step's effect on one training's test cases without predicting again
 
   python benchmarks/quality.py make-data --git-dir /work/.mirror/neheller+kits23/repo \\
       --labels /work/bench/kits23_labels --cases 48 --out /work/bench/kits48/data
@@ -19,6 +21,8 @@ Run by hand, never in tests or CI (a run trains for tens of minutes). Subcommand
       --configfile budget.yaml --workdir /work/bench/kits48/runs
   python benchmarks/quality.py table --workdir /work/bench/kits48/runs
   python benchmarks/quality.py errors --results /work/bench/ablation/pre_97a6269b/results
+  python benchmarks/quality.py postprocess --results /work/bench/ablation48/pre_64aff79f/results \\
+      --variant largest_mass_per_kidney largest_mass
 
 Config layering of `run` (later files win, key by key): config/kits23.yaml (the preset under test), then
 benchmarks/quality.yaml (selection that keeps every case, seed), then the --configfile files given (the
@@ -385,6 +389,46 @@ def cmd_errors(args) -> None:
         print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 
 
+def cmd_postprocess(args) -> None:
+    """Each variant's post-processing applied on top of the stored test predictions, scored as score_case scores:
+    a step's effect on the test cases of one training, without predicting again."""
+    import nibabel as nib
+    import numpy as np
+
+    from segflow import metrics
+    from segflow.postprocess import KITS_REGIONS, apply
+
+    results = Path(args.results)
+    predictions = Path(args.predictions) if args.predictions else results / "predictions"
+    variants = {"as predicted": []} | {"+ " + " + ".join(steps): steps for steps in map(str.split, args.variant)}
+    labels = {"kidney": 1, "tumor": 2, "cyst": 3}
+    means: dict[str, list] = {name: [] for name in variants}
+    tumour: dict[str, list] = {name: [] for name in variants}
+    cases = []
+    for path in sorted(predictions.glob("*.nii.gz")):
+        case = path.name[: -len(".nii.gz")]
+        cases.append(case)
+        prediction = np.asarray(nib.load(path).dataobj, dtype=np.uint8)
+        reference = nib.load(results / "raw" / case / "segmentation.nii.gz")
+        truth = np.asarray(reference.dataobj, dtype=np.uint8)
+        spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+        for name, steps in variants.items():
+            scores = metrics.score_case(
+                apply(prediction, steps), truth, spacing, KITS_REGIONS, labels, metrics.KITS_TOLERANCES_MM
+            )
+            means[name].append([scores[f"{m}_{r}"] for m in ("dice", "sd") for r in REGIONS])
+            tumour[name].append(scores["dice_tumor"])
+    heads = [f"{m} {r}" for m in ("Dice", "SD") for r in REGIONS]
+    print("| post-processing | " + " | ".join(heads) + " |\n|" + "---|" * (len(heads) + 1))
+    for name in variants:
+        print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.nanmean(means[name], axis=0)) + " |")
+    print(
+        "\n| tumour Dice | " + " | ".join(c.removeprefix("case_") for c in cases) + " |\n|" + "---|" * (len(cases) + 1)
+    )
+    for name in variants:
+        print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in tumour[name]) + " |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -414,6 +458,11 @@ def main(argv=None) -> None:
     errors = sub.add_parser("errors", help="where the true labels' voxels went in a results folder's predictions")
     errors.add_argument("--results", required=True, help="a finished results folder (predictions/ and raw/)")
     errors.set_defaults(func=cmd_errors)
+    post = sub.add_parser("postprocess", help="post-processing steps on top of a results folder's test predictions")
+    post.add_argument("--results", required=True, help="a finished results folder (predictions/ and raw/)")
+    post.add_argument("--predictions", help="another folder of the same test predictions (e.g. a saved copy)")
+    post.add_argument("--variant", nargs="+", default=[], help="a quoted, space-separated list of steps per variant")
+    post.set_defaults(func=cmd_postprocess)
     table = sub.add_parser("table", help="markdown table of every run under --workdir")
     table.add_argument("--workdir", required=True)
     table.set_defaults(func=cmd_table)
