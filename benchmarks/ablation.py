@@ -191,8 +191,9 @@ def main(argv=None) -> None:
     run.add_argument(
         "--rerun-triggers",
         nargs="+",
-        help="passed to snakemake; e.g. 'params input' when a copied checkout's new file times or an unrelated "
-        "rule edit would otherwise redo the shared downloads and preprocessing",
+        help="passed to snakemake; e.g. 'params input', so that a rule's code or software-env change alone does not "
+        "redo the shared downloads and preprocessing. Inputs newer than outputs rerun a job whatever the triggers "
+        "(Snakemake 9): for a checkout copied elsewhere, set its file times back (touch -d) before its first run",
     )
     run.add_argument("rows", nargs="+")
     show = sub.add_parser("table")
