@@ -104,7 +104,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 def _foreground_components(labels: np.ndarray):
     """(a copy of labels, the foreground's box, component ids inside it, their count); count 0 when empty.
 
-    Every step labels the foreground (kidney_and_masses) once, inside its bounding box, and edit the copy there.
+    Every step labels the foreground (kidney_and_masses) once, inside its bounding box, and edits the copy there.
     """
     out = labels.copy()
     foreground = labels > 0
