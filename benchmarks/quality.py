@@ -394,14 +394,16 @@ def cmd_postprocess(args) -> None:
     a step's effect on the test cases of one training, without predicting again."""
     import nibabel as nib
     import numpy as np
+    from snakemake.utils import validate
 
-    from segflow import metrics
-    from segflow.postprocess import KITS_REGIONS, apply
+    from segflow.postprocess import apply
+    from segflow.score import score_arrays
 
     results = Path(args.results)
     predictions = Path(args.predictions) if args.predictions else results / "predictions"
     variants = {"as predicted": []} | {"+ " + " + ".join(steps): steps for steps in map(str.split, args.variant)}
-    labels = {"kidney": 1, "tumor": 2, "cyst": 3}
+    config: dict = {}
+    validate(config, str(REPO / "config" / "schema.yaml"))  # the schema's defaults, as score_case gets them
     means: dict[str, list] = {name: [] for name in variants}
     tumour: dict[str, list] = {name: [] for name in variants}
     cases = []
@@ -413,9 +415,7 @@ def cmd_postprocess(args) -> None:
         truth = np.asarray(reference.dataobj, dtype=np.uint8)
         spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
         for name, steps in variants.items():
-            scores = metrics.score_case(
-                apply(prediction, steps), truth, spacing, KITS_REGIONS, labels, metrics.KITS_TOLERANCES_MM
-            )
+            scores = score_arrays(apply(prediction, steps), truth, spacing, config["score"])
             means[name].append([scores[f"{m}_{r}"] for m in ("dice", "sd") for r in REGIONS])
             tumour[name].append(scores["dice_tumor"])
     heads = [f"{m} {r}" for m in ("Dice", "SD") for r in REGIONS]

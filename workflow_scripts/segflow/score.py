@@ -43,10 +43,17 @@ def score_files(pred_path, ref_path, score_cfg: dict) -> dict[str, float]:
     pred, ref = nib.load(str(pred_path)), nib.load(str(ref_path))
     metrics.check_same_grid(pred.shape, pred.affine, ref.shape, ref.affine, str(pred_path), str(ref_path))
     spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
+    return score_arrays(np.asarray(pred.dataobj), np.asarray(ref.dataobj), spacing, score_cfg)
+
+
+def score_arrays(pred: np.ndarray, ref: np.ndarray, spacing, score_cfg: dict) -> dict[str, float]:
+    """Scores of one case's label maps on one grid (``spacing`` in mm), by the ``score`` config."""
+    from segflow import metrics
+
     tolerances = {**metrics.KITS_TOLERANCES_MM, **score_cfg.get("tolerances_mm", {})}
     return metrics.score_case(
-        np.asarray(pred.dataobj),
-        np.asarray(ref.dataobj),
+        pred,
+        ref,
         spacing,
         {name: tuple(values) for name, values in score_cfg["regions"].items()},
         dict(score_cfg["labels"]),
