@@ -233,7 +233,14 @@ def get_final_outputs():
 
 # Keys only select_model reads: adding a round or changing how rounds are compared must neither rerun the rounds that
 # exist nor invalidate their saved training state (train_round's resume fingerprint hashes the params it is given).
-SELECTION_ONLY_KEYS = ("rounds", "select_by", "ensemble", "postprocess", "keep_epoch")
+SELECTION_ONLY_KEYS = (
+    "rounds",
+    "select_by",
+    "ensemble",
+    "postprocess",
+    "postprocess_on",
+    "keep_epoch",
+)
 TRAIN_ROUND_PARAMS = {
     k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS
 }

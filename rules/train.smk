@@ -46,6 +46,7 @@ rule select_model:
     input:
         metrics=expand(result("train", "round_{round}", "metrics.csv"), round=ROUNDS),
         models=expand(result("train", "round_{round}", ROUND_MODEL), round=ROUNDS),
+        splits=expand(result("train", "round_{round}", "split.json"), round=ROUNDS),
         cases=get_trainval_preprocessed,
         selection=result("selection", "cases.tsv"),
         library=library(

@@ -23,6 +23,7 @@ LEVERS = {
         "ensemble": 2,
         "keep_epoch": "last",
         "postprocess": ["largest_foreground", "masses_in_kidneys"],
+        "postprocess_on": "unseen",
         "augment": {"lesion_paste_prob": 0.5},
     },
     "infer": {"tta": True, "restore": "probabilities"},
@@ -42,6 +43,9 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     assert "round 1 starts from" in round_1_log and "round_0/model_last.pt" in round_1_log
     assert set(summary["postprocess"]) <= set(LEVERS["train"]["postprocess"])
     assert {row["step"] for row in summary["postprocess_table"]} == set(LEVERS["train"]["postprocess"])
+    # Round 1 started from round 0, which trained on round 1's validation patients: only the holdout is unseen.
+    split_1 = json.loads((results / "train/round_1/split.json").read_text())
+    assert summary["postprocess_cases"] == split_1["holdout"] and split_1["holdout"]
     for round_index in (0, 1):
         log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log

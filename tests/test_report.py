@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from report_inputs import BENCHMARKS, shared_report
 
-from segflow.report import RULE_GRAPH, git_commit, pick_cases, rule_timings
+from segflow.report import RULE_GRAPH, git_commit, inference_line, pick_cases, rule_timings
 from segflow.report_figures import layer_depths, rule_graph_svg
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,3 +230,19 @@ def test_training_curves_join_only_the_validated_epochs_of_a_sparse_round():
     report_figures._plot_round(ax, "loss", frame, np.arange(6), "C0", "round 0")
     validation = [line for line in ax.get_lines() if line.get_label() == "round 0 validation"][0]
     assert list(validation.get_xdata()) == [1, 3, 5] and list(validation.get_ydata()) == [0.9, 0.7, 0.6]
+
+
+def test_inference_line_says_where_post_processing_was_decided():
+    table = [{"step": "largest_foreground"}, {"step": "largest_mass"}]
+    best = {"round": 0, "postprocess": ["largest_foreground"], "postprocess_table": table}
+    infer = {"tta": True, "restore": "probabilities"}
+    assert inference_line(best, infer) == (
+        "one model; flip TTA; probabilities resampled; post-processing: largest_foreground "
+        "(of largest_foreground, largest_mass tried on the fixed holdout)"
+    )
+    with_cases = {**best, "postprocess_on": "holdout", "postprocess_cases": ["case_00002", "case_00030"]}
+    assert inference_line(with_cases, infer).endswith("tried on the fixed holdout (2 cases))")
+    unseen = {**best, "postprocess_on": "unseen", "postprocess_cases": ["case_00001", "case_00002", "case_00004"]}
+    assert inference_line(unseen, infer).endswith(
+        "(of largest_foreground, largest_mass tried on the 3 cases the model never trained on)"
+    )

@@ -47,6 +47,12 @@ def test_preprocessing_parameter_reruns_preprocessing_onward_for_every_case(tiny
     assert jobs["preprocess_case"] == 4  # every selected case of the tiny config
 
 
+def test_choosing_where_post_processing_is_decided_retrains_nothing(tiny_run):
+    overrides = {"train": {"postprocess": ["largest_foreground"], "postprocess_on": "unseen"}}
+    jobs = plan(tiny_run, with_overrides(tiny_run, "unseen", overrides))
+    assert set(jobs) - {"all"} == {"select_model"} | FROM_PREDICTION
+
+
 @pytest.fixture
 def run_copy(tiny_run, tmp_path):
     return clone_run(tiny_run, tmp_path / "run")

@@ -8,7 +8,7 @@ from segflow.curves import plot_curves
 from segflow.data import SliceDataset, build_augmentation, epoch_indices
 from segflow.inference import predict_slices
 from segflow.losses import LOSSES, build_loss
-from segflow.model_selection import select_best_round
+from segflow.model_selection import select_best_round, unseen_cases
 from segflow.models import MODELS, build_model
 from segflow.preprocess import preprocess_case
 from segflow.train import RoundOutputs, round_split, train_round
@@ -188,6 +188,26 @@ def test_three_rounds_with_holdout_and_hard_slices(tmp_path, caplog):
     for out, (_, row) in zip(outputs, table.iterrows()):  # each round's row is its best epoch
         assert row["val_loss"] == pd.read_csv(out.metrics)["val_loss"].min()
     assert choice["round"] == int(table.loc[table["fixed_val_dice"].idxmax(), "round"])
+    # train.postprocess_on unseen: round 0's model never saw its validation patients; a later round's model has
+    # trained on the earlier rounds' patients, so what it never saw is smaller (here, with folds, the holdout alone)
+    splits = [pd.read_json(o.split, typ="series").to_dict() for o in outputs]
+    first = splits[0]
+    assert unseen_cases(sorted(dirs), splits, [0]) == sorted(first["val"] + first["holdout"])
+    assert unseen_cases(sorted(dirs), splits, [2]) == sorted(held_out)
+    assert unseen_cases(sorted(dirs), splits, [0, 2]) == unseen_cases(sorted(dirs), splits, [2])
+
+
+def test_unseen_cases_follow_the_chain_of_rounds():
+    splits = [
+        {"round": 0, "train": ["a", "b"], "val": ["c", "d"], "holdout": ["h"]},
+        {"round": 1, "train": ["c", "d"], "val": ["a", "e"], "holdout": ["h"]},
+    ]
+    cases = ["a", "b", "c", "d", "e", "h"]
+    assert unseen_cases(cases, splits, [0]) == ["c", "d", "e", "h"]
+    # round 1 started from round 0's model: a and b count as seen although round 1 validates on a
+    assert unseen_cases(cases, splits[::-1], [1]) == ["e", "h"]
+    with pytest.raises(ValueError, match=r"no split.json for round\(s\) \[0\]"):
+        unseen_cases(cases, splits[1:], [1])
 
 
 def _augmented_samples(dataset, seed: int, n: int) -> list[dict]:

@@ -1,13 +1,13 @@
 """Rule select_model: compare every round on the fixed holdout, keep the best round (or an ensemble of the best
-rounds), and decide the post-processing on the same holdout."""
+rounds), and decide the post-processing on the holdout or on every case the kept model never trained on."""
 
 import logging
 from pathlib import Path
 
 from segflow.checkpoints import export_checkpoint, save_ensemble
-from segflow.io import write_json, write_table
+from segflow.io import read_json, write_json, write_table
 from segflow.logs import run_logged
-from segflow.model_selection import decide_postprocessing, evaluate_on_holdout, select_best_round
+from segflow.model_selection import decide_postprocessing, evaluate_on_holdout, select_best_round, unseen_cases
 from segflow.selection import read_selection
 from segflow.train import holdout_patients
 
@@ -36,13 +36,24 @@ def main(smk):
         save_ensemble(smk.output.best, choice["ensemble"])
     else:
         export_checkpoint(smk.output.best, choice["checkpoint"])
+    decision_dirs = holdout_dirs
+    if cfg["postprocess_on"] == "unseen":
+        splits = [read_json(path) for path in smk.input.splits]
+        decision_dirs = [case_dirs[c] for c in unseen_cases(sorted(case_dirs), splits, choice["ensemble_rounds"])]
     decision = decide_postprocessing(
-        smk.output.best, holdout_dirs, cfg["postprocess"], smk.params.infer, smk.params.regions, smk.threads
+        smk.output.best, decision_dirs, cfg["postprocess"], smk.params.infer, smk.params.regions, smk.threads
     )
     write_table(smk.output.rounds, choice["table"])
     summary = {k: v for k, v in choice.items() if k != "table"}
     write_json(
-        smk.output.summary, {**summary, "postprocess": decision["steps"], "postprocess_table": decision["table"]}
+        smk.output.summary,
+        {
+            **summary,
+            "postprocess": decision["steps"],
+            "postprocess_table": decision["table"],
+            "postprocess_on": cfg["postprocess_on"],
+            "postprocess_cases": decision["cases"],
+        },
     )
 
 

@@ -1,5 +1,6 @@
 """Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, the round (or
-the best rounds, for an ensemble) to keep, and the post-processing steps that help on the same holdout."""
+the best rounds, for an ensemble) to keep, and the post-processing steps that help on the fixed holdout, or on
+every trainval case the kept model never trained on (``train.postprocess_on``)."""
 
 from __future__ import annotations
 
@@ -103,30 +104,52 @@ def select_best_round(
     }
 
 
-def decide_postprocessing(
-    checkpoint_path, holdout_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
-) -> dict:
-    """Which post-processing steps help on the fixed holdout (nnU-Net decides on cross-validation the same way).
+def unseen_cases(case_ids: list[str], splits: list[dict], kept_rounds: list[int]) -> list[str]:
+    """The trainval cases that the kept model (or every member of an ensemble) never trained on, sorted.
 
-    The holdout cases are predicted on the preprocessed grid, where their reference labels are, with the same
-    ensemble and mirroring as the test cases. Returns ``{"steps": [...], "table": [...]}``.
+    Round r starts from round r - 1's model, so a model of round r has trained on the training cases of rounds 0
+    to r. What remains are the fixed holdout and the validation cases of the kept round that no earlier round
+    trained on: with one round, holdout and validation; with rotating folds, usually the holdout alone.
+    ``splits`` are the rounds' split.json contents, in round order. A train.init_checkpoint's own training data
+    are unknown here and not excluded.
+    """
+    last = max(kept_rounds)
+    by_round = {int(split["round"]): split for split in splits}
+    missing = [r for r in range(last + 1) if r not in by_round]
+    if missing:
+        raise ValueError(f"no split.json for round(s) {missing}; the kept rounds are {kept_rounds}")
+    trained = set().union(*(by_round[r]["train"] for r in range(last + 1)))
+    return sorted(c for c in case_ids if c not in trained)
+
+
+def decide_postprocessing(
+    checkpoint_path, case_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
+) -> dict:
+    """Which post-processing steps help on ``case_dirs``: cases the model never trained on (nnU-Net decides on its
+    cross-validation's predictions the same way).
+
+    The cases are predicted on the preprocessed grid, where their reference labels are, with the same ensemble
+    and mirroring as the test cases. Returns ``{"steps": [...], "table": [...], "cases": [...]}``.
     """
     from segflow.postprocess import decide
 
     if not candidates:
-        return {"steps": [], "table": []}
-    if not holdout_dirs:
-        log.warning("train.postprocess needs a fixed holdout (train.holdout_fraction > 0); no post-processing")
-        return {"steps": [], "table": []}
+        return {"steps": [], "table": [], "cases": []}
+    if not case_dirs:
+        log.warning(
+            "train.postprocess: no case to decide on (set train.holdout_fraction above 0, or train.postprocess_on to "
+            "unseen); no post-processing"
+        )
+        return {"steps": [], "table": [], "cases": []}
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
     predictions, references = [], []
-    for case_dir in holdout_dirs:
+    for case_dir in case_dirs:
         image, label = load_case(case_dir)
         probabilities = case_probabilities(models, image, checkpoint, infer, device)
         predictions.append(probability_labels(probabilities))
         references.append(np.asarray(label))
     steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
-    log.info("post-processing on %d holdout cases: kept %s of %s", len(holdout_dirs), steps or "none", candidates)
-    return {"steps": steps, "table": table}
+    log.info("post-processing decided on %d cases: kept %s of %s", len(case_dirs), steps or "none", candidates)
+    return {"steps": steps, "table": table, "cases": [Path(d).name for d in case_dirs]}

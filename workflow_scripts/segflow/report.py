@@ -207,7 +207,12 @@ def inference_line(best: dict, infer: dict) -> str:
     tried = sorted({row["step"] for row in best.get("postprocess_table", [])})
     post = ", ".join(steps) if steps else "none"
     if tried:
-        post += f" (of {', '.join(tried)} tried on the fixed holdout)"
+        n_cases = len(best.get("postprocess_cases") or [])  # absent in a best.json from before postprocess_on
+        if best.get("postprocess_on", "holdout") == "unseen":
+            where = f"the {n_cases} cases the model never trained on"
+        else:
+            where = f"the fixed holdout ({n_cases} cases)" if n_cases else "the fixed holdout"
+        post += f" (of {', '.join(tried)} tried on {where})"
     return f"{models}; {mirroring}; {way_back}; post-processing: {post}"
 
 
