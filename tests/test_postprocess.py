@@ -333,7 +333,12 @@ def test_decide_keeps_a_step_that_helps_and_rejects_one_that_hurts():
     for region in pp.KITS_REGIONS:
         assert rows["masses_in_kidneys", region]["without"] == rows["largest_foreground", region]["with"]
     json.dumps(table)  # plain types
-    assert {type(v) for r in table for v in r.values()} <= {str, int, float, bool}
+    assert {type(v) for r in table for k, v in r.items() if k != "case_deltas"} <= {str, int, float, bool}
+    # Per case: the mean delta is the mean of the cases' deltas, one per case in the order given
+    for row in table:
+        assert len(row["case_deltas"]) == row["n_cases"] == len(predictions)
+        assert row["delta"] == pytest.approx(sum(row["case_deltas"]) / row["n_cases"], abs=1e-12)
+    assert all(d < 0 for d in rows["masses_in_kidneys", "masses"]["case_deltas"])
 
 
 def test_decide_keeps_masses_step_when_it_helps():

@@ -284,21 +284,26 @@ def _load(item: ArrayOrLoader) -> np.ndarray:
     return item() if callable(item) else np.asarray(item)
 
 
-def _mean_scores(
+def _case_scores(
     predictions: Sequence[ArrayOrLoader],
     references: Sequence[ArrayOrLoader],
     steps: Sequence[str],
     region_sets: Mapping[str, Iterable[int]],
     score_fn: ScoreFn,
     options: Mapping[str, Mapping[str, Any]],
-) -> dict[str, float]:
-    """Mean over the cases of each region's score, after applying ``steps`` to every prediction."""
-    totals = dict.fromkeys(region_sets, 0.0)
+) -> dict[str, list[float]]:
+    """Each region's score for every case in order, after applying ``steps`` to every prediction."""
+    scores: dict[str, list[float]] = {name: [] for name in region_sets}
     for pred, ref in zip(predictions, references):
-        scores = region_scores(apply(_load(pred), steps, options), _load(ref), region_sets, score_fn)
-        for name, value in scores.items():
-            totals[name] += value
-    return {name: total / len(predictions) for name, total in totals.items()}
+        case = region_scores(apply(_load(pred), steps, options), _load(ref), region_sets, score_fn)
+        for name, value in case.items():
+            scores[name].append(value)
+    return scores
+
+
+def _means(scores: Mapping[str, list[float]]) -> dict[str, float]:
+    """Mean over the cases of each region's score (summed in case order, as the decision always has been)."""
+    return {name: sum(values) / len(values) for name, values in scores.items()}
 
 
 def _improves(without: Mapping[str, float], with_: Mapping[str, float], tolerance: float) -> bool:
@@ -327,7 +332,9 @@ def decide(
 
     Returns ``(steps, table)``: the kept step names in order, and one row per candidate and region, with keys
     ``step``, ``applied_before`` (the steps kept before it, "+"-joined, "" for none), ``region``, ``n_cases``,
-    ``without``, ``with``, ``delta`` and ``kept``: plain str/int/float/bool, ready for JSON or a TSV.
+    ``without``, ``with``, ``delta``, ``kept`` (plain str/int/float/bool, ready for JSON or a TSV) and
+    ``case_deltas``: the change of each case's score, in the order of ``predictions`` (which cases a step helps
+    and which it costs).
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -338,12 +345,12 @@ def decide(
     options = options or {}
     _check_steps(candidates, options)
     chosen: list[str] = []
-    current = _mean_scores(predictions, references, chosen, region_sets, score_fn, options)
+    current = _case_scores(predictions, references, chosen, region_sets, score_fn, options)
     table: list[dict[str, Any]] = []
     for step in candidates:
-        trial = _mean_scores(predictions, references, chosen + [step], region_sets, score_fn, options)
-        kept = _improves(current, trial, tolerance)
-        table += _table_rows(step, chosen, current, trial, kept, len(predictions))
+        trial = _case_scores(predictions, references, chosen + [step], region_sets, score_fn, options)
+        kept = _improves(_means(current), _means(trial), tolerance)
+        table += _table_rows(step, chosen, current, trial, kept)
         if kept:
             chosen.append(step)
             current = trial
@@ -353,21 +360,22 @@ def decide(
 def _table_rows(
     step: str,
     before: Sequence[str],
-    without: Mapping[str, float],
-    with_: Mapping[str, float],
+    without: Mapping[str, list[float]],
+    with_: Mapping[str, list[float]],
     kept: bool,
-    n_cases: int,
 ) -> list[dict[str, Any]]:
+    mean_without, mean_with = _means(without), _means(with_)
     return [
         {
             "step": step,
             "applied_before": "+".join(before),
             "region": region,
-            "n_cases": n_cases,
-            "without": float(without[region]),
-            "with": float(with_[region]),
-            "delta": float(with_[region] - without[region]),
+            "n_cases": len(without[region]),
+            "without": float(mean_without[region]),
+            "with": float(mean_with[region]),
+            "delta": float(mean_with[region] - mean_without[region]),
             "kept": kept,
+            "case_deltas": [float(b - a) for a, b in zip(without[region], with_[region])],
         }
         for region in without
     ]
