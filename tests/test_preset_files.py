@@ -76,13 +76,14 @@ def test_the_kits_presets_predict_with_flip_tta_and_one_model(names):
 
 
 @pytest.mark.parametrize("names", [["kits23.yaml"], ["kits23.yaml", "kits23-cpu.yaml"], ["kits19.yaml"]])
-def test_the_kits_presets_leave_the_region_dice_and_the_scanner_augmentations_off(names):
-    """Rows c10 and c13 of docs/quality.md: the region Dice lost to c4; noise, blur and gamma won against c4 alone
-    (c11) but lost on top of TTA (c13 against c7), and the presets predict with TTA."""
+def test_the_kits_presets_take_the_dice_over_the_regions_and_leave_the_scanner_augmentations_off(names):
+    """Rows c41, c13 and c34 of docs/quality.md: the Dice over the KiTS regions raised the tumour Dice from 0.642 to
+    0.699 on 48 cases (c41 against c39); noise, blur and gamma lost on top of TTA (c13 against c7) and tied on 48
+    cases (c34). Post-processing is decided on the fixed holdout: on 12 patients it kept fewer steps (c40)."""
     train = layered(names)["train"]
     augment = train["augment"]
     assert (augment["noise_prob"], augment["blur_prob"], augment["gamma_prob"]) == (0, 0, 0)
-    assert train["dice_targets"] == "classes"
+    assert train["dice_targets"] == "regions" and train["postprocess_on"] == "holdout"
 
 
 @pytest.mark.parametrize("names", [["kits23.yaml"], ["kits19.yaml"]])
