@@ -133,13 +133,12 @@ def decide_postprocessing(
     """
     from segflow.postprocess import decide
 
-    if not candidates:
-        return {"steps": [], "table": [], "cases": []}
-    if not case_dirs:
-        log.warning(
-            "train.postprocess: no case to decide on (set train.holdout_fraction above 0, or train.postprocess_on to "
-            "unseen); no post-processing"
-        )
+    if not candidates or not case_dirs:
+        if candidates:
+            log.warning(
+                "train.postprocess: no case to decide on (set train.holdout_fraction above 0, or "
+                "train.postprocess_on to unseen); no post-processing"
+            )
         return {"steps": [], "table": [], "cases": []}
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
