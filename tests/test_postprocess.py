@@ -106,6 +106,45 @@ def test_keep_largest_agrees_with_a_loop_over_components():
         np.testing.assert_array_equal(pp.keep_largest_foreground(labels, 2, 0.3), expected, err_msg=str(trial))
 
 
+# --- keep_largest_kidneys ---------------------------------------------------------------------------------------
+
+
+def test_largest_kidneys_drops_a_large_tumour_blob_that_largest_foreground_keeps():
+    expected = two_kidneys()
+    box(expected, 2, (8, 16), (14, 26), (8, 18))  # a tumour filling most of the left kidney's middle
+    labels = box(expected.copy(), 2, (1, 7), (32, 40), (26, 40))  # a tumour-labelled blob of 672, far away ...
+    labels[1, 32, 26] = 1  # ... with one kidney voxel at its rim
+    np.testing.assert_array_equal(pp.keep_largest_foreground(labels), labels)  # 672 >= 0.1 * 4800: kept
+    np.testing.assert_array_equal(pp.keep_largest_kidneys(labels), expected)
+
+
+def test_largest_kidneys_never_keeps_a_component_without_kidney_and_keeps_a_large_fragment():
+    kidney = box(np.zeros(SHAPE, np.uint8), 1, (4, 20), (10, 30), (5, 20))
+    with_mass_blob = box(kidney.copy(), 3, (1, 3), (1, 3), (40, 42))
+    np.testing.assert_array_equal(pp.keep_largest_foreground(with_mass_blob), with_mass_blob)
+    np.testing.assert_array_equal(pp.keep_largest_kidneys(with_mass_blob), kidney)
+    labels = two_kidneys()
+    box(labels, 1, (21, 24), (31, 40), (2, 22))  # a third kidney piece of 540 voxels: >= 0.1 * 4800 kidney voxels
+    np.testing.assert_array_equal(pp.keep_largest_kidneys(labels), labels)
+    np.testing.assert_array_equal(pp.keep_largest_kidneys(np.zeros(SHAPE, np.uint8)), np.zeros(SHAPE, np.uint8))
+    with pytest.raises(ValueError, match="n_components"):
+        pp.keep_largest_kidneys(labels, n_components=0)
+
+
+def test_largest_kidneys_agrees_with_a_loop_over_components():
+    rng = np.random.default_rng(5)
+    for trial in range(5):
+        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE)
+        labels = labels.astype(np.uint8)
+        ids, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
+        kidney = [(int(((ids == i) & (labels == 1)).sum()), i) for i in range(1, n + 1)]
+        ranked = sorted(kidney, key=lambda item: (-item[0], item[1]))
+        largest = max(k for k, _ in kidney)
+        keep = {i for k, i in ranked[:2] if k > 0} | {i for k, i in kidney if k > 0 and k >= 0.1 * largest}
+        expected = np.where((ids > 0) & ~np.isin(ids, list(keep)), 0, labels)
+        np.testing.assert_array_equal(pp.keep_largest_kidneys(labels), expected, err_msg=str(trial))
+
+
 # --- drop_masses_outside_kidneys ---------------------------------------------------------------------------------
 
 
@@ -220,6 +259,32 @@ def test_largest_mass_steps_agree_with_a_loop_over_components():
             keep = [min(group)[1] for group in groups.values()]
             expected = np.where((masses > 0) & ~np.isin(masses, keep), 1, labels)
             np.testing.assert_array_equal(step(labels), expected, err_msg=f"{trial} {per_kidney}")
+
+
+# --- one_label_per_mass ------------------------------------------------------------------------------------------
+
+
+def test_one_label_per_mass_gives_each_lesion_its_majority_label():
+    labels = two_kidneys()
+    box(labels, 2, (8, 12), (14, 17), (8, 11))  # a tumour of 36 ...
+    box(labels, 3, (9, 10), (15, 16), (9, 11))  # ... with 2 cyst voxels inside it
+    box(labels, 3, (8, 10), (14, 16), (44, 46))  # right kidney: a cyst of 8 ...
+    box(labels, 2, (8, 9), (14, 16), (46, 48))  # ... touching a tumour of 4: one mass, mostly cyst
+    box(labels, 3, (16, 17), (25, 26), (15, 16))  # a lone cyst voxel, its own mass
+    out = pp.one_label_per_mass(labels)
+    assert (out[8:12, 14:17, 8:11] == 2).all()
+    assert (out[8:10, 14:16, 44:46] == 3).all() and (out[8, 14:16, 46:48] == 3).all()
+    assert out[16, 25, 15] == 3
+    np.testing.assert_array_equal(out == 1, labels == 1)  # kidney untouched
+    np.testing.assert_array_equal(np.isin(out, (2, 3)), np.isin(labels, (2, 3)))  # masses region untouched
+
+
+def test_one_label_per_mass_calls_a_tie_tumour_and_leaves_labels_without_masses_alone():
+    labels = box(box(two_kidneys(), 2, (8, 9), (14, 16), (8, 10)), 3, (9, 10), (14, 16), (8, 10))  # 4 + 4
+    assert (pp.one_label_per_mass(labels)[8:10, 14:16, 8:10] == 2).all()
+    np.testing.assert_array_equal(pp.one_label_per_mass(two_kidneys()), two_kidneys())
+    labels_2d = np.array([[0, 1, 2, 3], [0, 1, 3, 3]], np.uint8)
+    np.testing.assert_array_equal(pp.one_label_per_mass(labels_2d), [[0, 1, 3, 3], [0, 1, 3, 3]])
 
 
 # --- apply -------------------------------------------------------------------------------------------------------

@@ -1,12 +1,16 @@
 """Post-processing of predicted KiTS label maps, and its decision on a fixed holdout (nnU-Net style).
 
-Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Four steps, each a function from a label map to a new label map
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Six steps, each a function from a label map to a new label map
 of the same shape and dtype (the input is never modified):
 
 * ``largest_foreground`` (:func:`keep_largest_foreground`): connected components of the foreground (labels > 0,
   the KiTS region kidney_and_masses), full connectivity (26 in 3D). The ``n_components`` largest are kept (two, for
   two kidneys), and any further component at least ``min_fraction`` of the largest one (a kidney that the model
   split in two); the rest become background. A horseshoe kidney is one component and stays whole.
+* ``largest_kidneys`` (:func:`keep_largest_kidneys`): the same, with the components ranked by their kidney voxels
+  (label 1) instead of their size, and a component without kidney removed: "keep the components connected to the
+  largest kidney components". A large blob the model called tumour away from the kidneys has few kidney voxels
+  and goes, where ``largest_foreground`` would keep it for its size.
 * ``masses_in_kidneys`` (:func:`drop_masses_outside_kidneys`): a mass (tumour or cyst) is kept only if it touches
   kidney. Precisely: a 26-connected component of labels {2, 3} is removed (set to 0) when none of its voxels is
   26-adjacent to a voxel of label 1. Computed as "foreground components that contain no kidney voxel are removed":
@@ -20,6 +24,11 @@ of the same shape and dtype (the input is never modified):
 * ``largest_mass`` (:func:`keep_largest_mass`): the same over the whole volume: one mass component stays, the
   other mass voxels become kidney. It loses a second tumour, in the other kidney or the same one, so it is tried
   after the per-kidney step and kept only where the holdout says so.
+* ``one_label_per_mass`` (:func:`one_label_per_mass`): every voxel of a mass component takes the component's
+  majority label, tumour or cyst (tumour on a tie). A 2D network decides each slice on its own, and one trained
+  with the Dice over the regions (where tumour and cyst share the masses region) scatters cyst voxels through a
+  tumour and back; a lesion is one thing. Only labels 2 and 3 trade places: kidney and the masses region are
+  unchanged. A cyst that touches a tumour becomes part of it, so the holdout decides.
 
 :func:`decide` chooses which steps to use from predictions and references of a holdout set, as nnU-Net's
 ``determine_postprocessing`` does on its cross-validation: start with no post-processing, try each candidate in
@@ -130,18 +139,50 @@ def keep_largest_foreground(
     ``n_components`` largest stay).
     """
     labels = _check_labels(labels)
-    if n_components < 1 or min_fraction < 0:
-        raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
+    _check_ranking(n_components, min_fraction)
     out, box, ids, n = _foreground_components(labels)
     if n <= 1:
         return out
-    sizes = np.bincount(ids.ravel(), minlength=n + 1)
-    sizes[0] = 0  # background is not a component
-    keep = np.zeros(n + 1, dtype=bool)
-    # Largest first; the stable sort leaves equal sizes in id order.
-    order = np.argsort(-sizes[1:], kind="stable") + 1
+    return _keep_ranked(out, box, ids, np.bincount(ids.ravel(), minlength=n + 1), n_components, min_fraction)
+
+
+def keep_largest_kidneys(
+    labels: np.ndarray,
+    n_components: int = DEFAULT_N_COMPONENTS,
+    min_fraction: float = DEFAULT_MIN_FRACTION,
+) -> np.ndarray:
+    """As :func:`keep_largest_foreground`, but the foreground components are ranked by their kidney (label 1)
+    voxels, not by all their voxels: the components holding the ``n_components`` largest kidneys stay with their
+    masses, and any other whose kidney is at least ``min_fraction`` of the largest kidney. A component without
+    kidney never stays.
+
+    A tumour grows out of a kidney, so a large blob the model called tumour (on bowel, on a cyst of the liver) ranks
+    by the few kidney voxels at its rim, not by its size.
+    """
+    labels = _check_labels(labels)
+    _check_ranking(n_components, min_fraction)
+    out, box, ids, n = _foreground_components(labels)
+    if n == 0:
+        return out
+    kidney_voxels = np.bincount(ids[out[box] == KIDNEY], minlength=n + 1)
+    return _keep_ranked(out, box, ids, kidney_voxels, n_components, min_fraction)
+
+
+def _check_ranking(n_components: int, min_fraction: float) -> None:
+    if n_components < 1 or min_fraction < 0:
+        raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
+
+
+def _keep_ranked(out, box, ids, measure: np.ndarray, n_components: int, min_fraction: float) -> np.ndarray:
+    """Keep the foreground components (ids 1..n) with the ``n_components`` largest ``measure`` (indexed by id;
+    ties in id order) and any other with at least ``min_fraction`` of the largest, except those measuring 0."""
+    measure = measure.copy()
+    measure[0] = 0  # background is not a component
+    order = np.argsort(-measure[1:], kind="stable") + 1  # the stable sort leaves ties in id order
+    keep = np.zeros(len(measure), dtype=bool)
     keep[order[:n_components]] = True
-    keep |= sizes >= min_fraction * sizes.max()
+    keep |= measure >= min_fraction * measure.max()
+    keep &= measure > 0
     keep[0] = True  # never touch background
     region = out[box]  # a view: writing it writes out
     region[~keep[ids]] = 0
@@ -205,11 +246,29 @@ def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
     return out
 
 
+def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
+    """Give every 26-connected tumour/cyst component its majority label (tumour on a tie); nothing else changes."""
+    out = _check_labels(labels).copy()
+    box = _foreground_box(np.isin(out, MASSES))
+    if box is None:
+        return out
+    region = out[box]  # a view: writing it writes out
+    is_mass = np.isin(region, MASSES)
+    mass_ids, n_masses = _components(is_mass)
+    tumour_voxels = np.bincount(mass_ids[region == MASSES[0]], minlength=n_masses + 1)
+    cyst_voxels = np.bincount(mass_ids[region == MASSES[1]], minlength=n_masses + 1)
+    majority = np.where(tumour_voxels >= cyst_voxels, MASSES[0], MASSES[1]).astype(out.dtype)
+    region[is_mass] = majority[mass_ids[is_mass]]
+    return out
+
+
 STEPS: dict[str, Callable[..., np.ndarray]] = {
     "largest_foreground": keep_largest_foreground,
+    "largest_kidneys": keep_largest_kidneys,
     "masses_in_kidneys": drop_masses_outside_kidneys,
     "largest_mass_per_kidney": keep_largest_mass_per_kidney,
     "largest_mass": keep_largest_mass,
+    "one_label_per_mass": one_label_per_mass,
 }
 
 
