@@ -10,6 +10,8 @@ import torch
 import yaml
 from workflow import copy_workflow, planned_jobs, snakemake
 
+from segflow.postprocess import STEPS as POSTPROCESSING_STEPS
+
 LEVERS = {
     "train": {
         "norm": "instance",
@@ -22,14 +24,7 @@ LEVERS = {
         "val_every": 2,
         "ensemble": 2,
         "keep_epoch": "last",
-        "postprocess": [
-            "largest_kidneys",
-            "largest_foreground",
-            "masses_in_kidneys",
-            "largest_mass_per_kidney",
-            "largest_mass",
-            "one_label_per_mass",
-        ],
+        "postprocess": list(POSTPROCESSING_STEPS),  # every candidate step
         "postprocess_on": "unseen",
         "augment": {"lesion_paste_prob": 0.5},
     },

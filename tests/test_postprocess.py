@@ -20,6 +20,12 @@ def box(labels, value, z, y, x):
     return labels
 
 
+def random_labels(rng, density: float) -> np.ndarray:
+    """Blobs of random labels 1-3 (kidney, tumour, cyst) scattered over SHAPE, for checks against plain loops."""
+    seeds = ndimage.binary_dilation(rng.random(SHAPE) < density, iterations=2)
+    return (seeds * rng.integers(1, 4, SHAPE)).astype(np.uint8)
+
+
 def two_kidneys(dtype=np.uint8):
     labels = np.zeros(SHAPE, dtype=dtype)
     box(labels, 1, (4, 20), (10, 30), (5, 20))  # left kidney, 16*20*15 = 4800 voxels
@@ -92,20 +98,6 @@ def test_equal_sizes_break_ties_in_raster_order():
     assert not out[5:10, 5:10, 45:50].any()
 
 
-def test_keep_largest_agrees_with_a_loop_over_components():
-    rng = np.random.default_rng(0)
-    for trial in range(5):
-        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE)
-        labels = labels.astype(np.uint8)
-        ids, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
-        sizes = [(int((ids == i).sum()), i) for i in range(1, n + 1)]
-        largest = max(s for s, _ in sizes)
-        ranked = sorted(sizes, key=lambda t: (-t[0], t[1]))
-        keep = {i for _, i in ranked[:2]} | {i for s, i in sizes if s >= 0.3 * largest}
-        expected = np.where(np.isin(ids, list(keep)), labels, 0)
-        np.testing.assert_array_equal(pp.keep_largest_foreground(labels, 2, 0.3), expected, err_msg=str(trial))
-
-
 # --- keep_largest_kidneys ---------------------------------------------------------------------------------------
 
 
@@ -131,18 +123,25 @@ def test_largest_kidneys_never_keeps_a_component_without_kidney_and_keeps_a_larg
         pp.keep_largest_kidneys(labels, n_components=0)
 
 
-def test_largest_kidneys_agrees_with_a_loop_over_components():
-    rng = np.random.default_rng(5)
+@pytest.mark.parametrize(
+    "step, measure",
+    [
+        (pp.keep_largest_foreground, lambda component, labels: component.sum()),
+        (pp.keep_largest_kidneys, lambda component, labels: (component & (labels == 1)).sum()),
+    ],
+    ids=["by size", "by kidney voxels"],
+)
+def test_ranked_steps_agree_with_a_loop_over_components(step, measure):
+    rng = np.random.default_rng(0)
     for trial in range(5):
-        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.002, iterations=2) * rng.integers(1, 4, SHAPE)
-        labels = labels.astype(np.uint8)
+        labels = random_labels(rng, 0.002)
         ids, n = ndimage.label(labels > 0, structure=np.ones((3, 3, 3)))
-        kidney = [(int(((ids == i) & (labels == 1)).sum()), i) for i in range(1, n + 1)]
-        ranked = sorted(kidney, key=lambda item: (-item[0], item[1]))
-        largest = max(k for k, _ in kidney)
-        keep = {i for k, i in ranked[:2] if k > 0} | {i for k, i in kidney if k > 0 and k >= 0.1 * largest}
-        expected = np.where((ids > 0) & ~np.isin(ids, list(keep)), 0, labels)
-        np.testing.assert_array_equal(pp.keep_largest_kidneys(labels), expected, err_msg=str(trial))
+        measures = [(int(measure(ids == i, labels)), i) for i in range(1, n + 1)]
+        largest = max(m for m, _ in measures)
+        ranked = sorted(measures, key=lambda t: (-t[0], t[1]))
+        keep = {i for m, i in ranked[:2] if m > 0} | {i for m, i in measures if m > 0 and m >= 0.3 * largest}
+        expected = np.where(np.isin(ids, list(keep)), labels, 0)
+        np.testing.assert_array_equal(step(labels, 2, 0.3), expected, err_msg=str(trial))
 
 
 # --- drop_masses_outside_kidneys ---------------------------------------------------------------------------------
@@ -188,8 +187,7 @@ def test_drop_masses_agrees_with_dilated_kidney_definition():
     rng = np.random.default_rng(1)
     full = np.ones((3, 3, 3), bool)
     for trial in range(5):
-        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
-        labels = labels.astype(np.uint8)
+        labels = random_labels(rng, 0.003)
         near_kidney = ndimage.binary_dilation(labels == 1, structure=full)
         ids, n = ndimage.label(np.isin(labels, (2, 3)), structure=full)
         touching = np.unique(ids[near_kidney & (ids > 0)])
@@ -247,8 +245,7 @@ def test_largest_mass_steps_agree_with_a_loop_over_components():
     rng = np.random.default_rng(3)
     full = np.ones((3, 3, 3), bool)
     for trial in range(5):
-        labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
-        labels = labels.astype(np.uint8)
+        labels = random_labels(rng, 0.003)
         foreground, _ = ndimage.label(labels > 0, structure=full)
         masses, n = ndimage.label(np.isin(labels, (2, 3)), structure=full)
         comps = [(int((masses == i).sum()), i, int(foreground[masses == i][0])) for i in range(1, n + 1)]
@@ -333,8 +330,7 @@ def test_unknown_step_and_bad_arguments():
 
 def test_deterministic():
     rng = np.random.default_rng(2)
-    labels = ndimage.binary_dilation(rng.random(SHAPE) < 0.003, iterations=2) * rng.integers(1, 4, SHAPE)
-    labels = labels.astype(np.uint8)
+    labels = random_labels(rng, 0.003)
     first = pp.apply(labels, list(pp.STEPS))
     for _ in range(3):
         np.testing.assert_array_equal(pp.apply(labels.copy(), list(pp.STEPS)), first)
