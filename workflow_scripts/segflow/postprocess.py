@@ -138,12 +138,7 @@ def keep_largest_foreground(
     makes the result deterministic. ``min_fraction`` > 1 disables the fraction rule (then exactly the
     ``n_components`` largest stay).
     """
-    labels = _check_labels(labels)
-    _check_ranking(n_components, min_fraction)
-    out, box, ids, n = _foreground_components(labels)
-    if n <= 1:
-        return out
-    return _keep_ranked(out, box, ids, np.bincount(ids.ravel(), minlength=n + 1), n_components, min_fraction)
+    return _keep_ranked_components(labels, n_components, min_fraction, by_kidney=False)
 
 
 def keep_largest_kidneys(
@@ -159,27 +154,24 @@ def keep_largest_kidneys(
     A tumour grows out of a kidney, so a large blob the model called tumour (on bowel, on a cyst of the liver) ranks
     by the few kidney voxels at its rim, not by its size.
     """
+    return _keep_ranked_components(labels, n_components, min_fraction, by_kidney=True)
+
+
+def _keep_ranked_components(labels: np.ndarray, n_components: int, min_fraction: float, by_kidney: bool):
+    """Keep the foreground components with the ``n_components`` largest measures (ties in id order) and any other
+    measuring at least ``min_fraction`` of the largest, except those measuring 0. The measure is a component's
+    voxel count, or with ``by_kidney`` its count of kidney voxels."""
     labels = _check_labels(labels)
-    _check_ranking(n_components, min_fraction)
+    if n_components < 1 or min_fraction < 0:
+        raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
     out, box, ids, n = _foreground_components(labels)
     if n == 0:
         return out
-    kidney_voxels = np.bincount(ids[out[box] == KIDNEY], minlength=n + 1)
-    return _keep_ranked(out, box, ids, kidney_voxels, n_components, min_fraction)
-
-
-def _check_ranking(n_components: int, min_fraction: float) -> None:
-    if n_components < 1 or min_fraction < 0:
-        raise ValueError(f"need n_components >= 1 and min_fraction >= 0, got {n_components}, {min_fraction}")
-
-
-def _keep_ranked(out, box, ids, measure: np.ndarray, n_components: int, min_fraction: float) -> np.ndarray:
-    """Keep the foreground components (ids 1..n) with the ``n_components`` largest ``measure`` (indexed by id;
-    ties in id order) and any other with at least ``min_fraction`` of the largest, except those measuring 0."""
-    measure = measure.copy()
+    counted = ids[out[box] == KIDNEY] if by_kidney else ids.ravel()
+    measure = np.bincount(counted, minlength=n + 1)
     measure[0] = 0  # background is not a component
     order = np.argsort(-measure[1:], kind="stable") + 1  # the stable sort leaves ties in id order
-    keep = np.zeros(len(measure), dtype=bool)
+    keep = np.zeros(n + 1, dtype=bool)
     keep[order[:n_components]] = True
     keep |= measure >= min_fraction * measure.max()
     keep &= measure > 0
@@ -249,11 +241,12 @@ def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
 def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
     """Give every 26-connected tumour/cyst component its majority label (tumour on a tie); nothing else changes."""
     out = _check_labels(labels).copy()
-    box = _foreground_box(np.isin(out, MASSES))
+    all_masses = np.isin(out, MASSES)
+    box = _foreground_box(all_masses)
     if box is None:
         return out
     region = out[box]  # a view: writing it writes out
-    is_mass = np.isin(region, MASSES)
+    is_mass = all_masses[box]
     mass_ids, n_masses = _components(is_mass)
     tumour_voxels = np.bincount(mass_ids[region == MASSES[0]], minlength=n_masses + 1)
     cyst_voxels = np.bincount(mass_ids[region == MASSES[1]], minlength=n_masses + 1)
