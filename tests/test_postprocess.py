@@ -258,6 +258,46 @@ def test_largest_mass_steps_agree_with_a_loop_over_components():
             np.testing.assert_array_equal(step(labels), expected, err_msg=f"{trial} {per_kidney}")
 
 
+# --- keep_large_masses -------------------------------------------------------------------------------------------
+
+
+def test_large_masses_keeps_a_second_tumour_of_like_size_and_drops_a_small_one_in_the_other_kidney():
+    labels = box(two_kidneys(), 2, (8, 12), (14, 17), (8, 11))  # left tumour: 36 voxels
+    box(labels, 2, (8, 11), (14, 17), (44, 47))  # right tumour: 27, three quarters of the largest
+    box(labels, 2, (16, 17), (25, 27), (15, 16))  # left speck: 2
+    out = pp.keep_large_masses(labels, min_fraction=0.5)
+    assert (out[8:12, 14:17, 8:11] == 2).all() and (out[8:11, 14:17, 44:47] == 2).all()
+    assert (out[16, 25:27, 15] == 1).all()  # the speck became kidney
+    np.testing.assert_array_equal(out > 0, labels > 0)  # kidney_and_masses untouched
+    # largest_mass_per_kidney keeps the right tumour too, largest_mass drops it; at 0.8 it is too small
+    assert (pp.keep_largest_mass(labels)[8:11, 14:17, 44:47] == 1).all()
+    assert (pp.keep_large_masses(labels, min_fraction=0.8)[8:11, 14:17, 44:47] == 1).all()
+
+
+def test_large_masses_counts_a_tumour_and_its_cyst_as_one_mass_and_leaves_masses_outside_kidneys_as_kidney():
+    labels = kidneys_with_specks()  # masses of 36, 1, 12 (cyst 8 + tumour 4) and 2
+    out = pp.keep_large_masses(labels, min_fraction=0.3)  # keeps 36 and 12 (a third), not 1 and 2
+    assert (out[8:10, 14:16, 44:46] == 3).all() and (out[8, 14:16, 46:48] == 2).all()
+    assert out[16, 25, 15] == 1 and (out[16, 25, 50:52] == 1).all()
+    alone = box(np.zeros(SHAPE, np.uint8), 2, (1, 3), (1, 3), (1, 3))  # a mass with no kidney is still the largest
+    np.testing.assert_array_equal(pp.keep_large_masses(alone), alone)
+    np.testing.assert_array_equal(pp.keep_large_masses(two_kidneys()), two_kidneys())  # no mass: unchanged
+    np.testing.assert_array_equal(pp.keep_large_masses(labels, min_fraction=0), labels)
+    with pytest.raises(ValueError, match="min_fraction"):
+        pp.keep_large_masses(labels, min_fraction=1.5)
+
+
+def test_large_masses_agrees_with_a_loop_over_components():
+    rng = np.random.default_rng(4)
+    for trial in range(5):
+        labels = random_labels(rng, 0.003)
+        masses, n = ndimage.label(np.isin(labels, (2, 3)), structure=np.ones((3, 3, 3)))
+        sizes = {i: int((masses == i).sum()) for i in range(1, n + 1)}
+        small = [i for i, size in sizes.items() if size < 0.25 * max(sizes.values())]
+        expected = np.where(np.isin(masses, small), 1, labels)
+        np.testing.assert_array_equal(pp.keep_large_masses(labels, 0.25), expected, err_msg=str(trial))
+
+
 # --- one_label_per_mass ------------------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """Post-processing of predicted KiTS label maps, and its decision on a fixed holdout (nnU-Net style).
 
-Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Six steps, each a function from a label map to a new label map
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Seven steps, each a function from a label map to a new label map
 of the same shape and dtype (the input is never modified):
 
 * ``largest_foreground`` (:func:`keep_largest_foreground`): connected components of the foreground (labels > 0,
@@ -24,6 +24,11 @@ of the same shape and dtype (the input is never modified):
 * ``largest_mass`` (:func:`keep_largest_mass`): the same over the whole volume: one mass component stays, the
   other mass voxels become kidney. It loses a second tumour, in the other kidney or the same one, so it is tried
   after the per-kidney step and kept only where the holdout says so.
+* ``large_masses`` (:func:`keep_large_masses`): mass components smaller than ``min_fraction`` of the volume's
+  largest mass become kidney; the others stay, however many and wherever they are. A real second tumour of a
+  size like the first survives, where ``largest_mass`` drops it; a small false mass in the other kidney goes,
+  where ``largest_mass_per_kidney`` keeps it as that kidney's largest. Small real cysts beside a large tumour go
+  too, so the holdout decides.
 * ``one_label_per_mass`` (:func:`one_label_per_mass`): every voxel of a mass component takes the component's
   majority label, tumour or cyst (tumour on a tie). A 2D network decides each slice on its own, and one trained
   with the Dice over the regions (where tumour and cyst share the masses region) scatters cyst voxels through a
@@ -68,6 +73,10 @@ KITS_REGIONS: dict[str, tuple[int, ...]] = {
 # largest (a real kidney fragment is large, a false-positive blob on the spleen or liver usually is not).
 DEFAULT_N_COMPONENTS = 2
 DEFAULT_MIN_FRACTION = 0.1
+
+# Default of keep_large_masses: in the real KiTS23 label maps of the benchmark's 36 trainval cases, the second
+# tumours are half the largest mass; below a quarter of it lie only cysts and tumour fragments of 0.1 ml or less.
+DEFAULT_MASS_FRACTION = 0.25
 
 # Smallest change of a mean Dice that counts as a change in decide().
 DEFAULT_TOLERANCE = 1e-6
@@ -238,6 +247,30 @@ def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
     return out
 
 
+def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRACTION) -> np.ndarray:
+    """Keep every mass component with at least ``min_fraction`` of the largest one's voxels; the voxels of the
+    smaller ones become kidney (label 1), wherever they lie.
+
+    Between ``largest_mass_per_kidney``, which keeps a speck in the other kidney as that kidney's largest mass, and
+    ``largest_mass``, which also drops a real second tumour of any size.
+    """
+    if not 0 <= min_fraction <= 1:
+        raise ValueError(f"large_masses: min_fraction must be in [0, 1], got {min_fraction}")
+    out = _check_labels(labels).copy()
+    all_masses = np.isin(out, MASSES)
+    box = _foreground_box(all_masses)
+    if box is None:
+        return out
+    region = out[box]  # a view: writing it writes out
+    is_mass = all_masses[box]
+    mass_ids, n_masses = _components(is_mass)
+    sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)
+    sizes[0] = 0
+    small = sizes < min_fraction * sizes.max()
+    region[is_mass & small[mass_ids]] = KIDNEY
+    return out
+
+
 def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
     """Give every 26-connected tumour/cyst component its majority label (tumour on a tie); nothing else changes."""
     out = _check_labels(labels).copy()
@@ -261,6 +294,7 @@ STEPS: dict[str, Callable[..., np.ndarray]] = {
     "masses_in_kidneys": drop_masses_outside_kidneys,
     "largest_mass_per_kidney": keep_largest_mass_per_kidney,
     "largest_mass": keep_largest_mass,
+    "large_masses": keep_large_masses,
     "one_label_per_mass": one_label_per_mass,
 }
 
