@@ -247,6 +247,18 @@ def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
     return out
 
 
+def _mass_components(labels: np.ndarray):
+    """(a copy of labels, its view over the masses' box, the mass mask there, mass component ids there, their
+    count); count 0, and an empty box, when there is no mass."""
+    out = _check_labels(labels).copy()
+    all_masses = np.isin(out, MASSES)
+    box = _foreground_box(all_masses)
+    if box is None:
+        return out, out[:0], all_masses[:0], np.zeros(0, np.int32), 0
+    mass_ids, n_masses = _components(all_masses[box])
+    return out, out[box], all_masses[box], mass_ids, n_masses  # out[box] is a view: writing it writes out
+
+
 def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRACTION) -> np.ndarray:
     """Keep every mass component with at least ``min_fraction`` of the largest one's voxels; the voxels of the
     smaller ones become kidney (label 1), wherever they lie.
@@ -256,14 +268,9 @@ def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRA
     """
     if not 0 <= min_fraction <= 1:
         raise ValueError(f"large_masses: min_fraction must be in [0, 1], got {min_fraction}")
-    out = _check_labels(labels).copy()
-    all_masses = np.isin(out, MASSES)
-    box = _foreground_box(all_masses)
-    if box is None:
+    out, region, is_mass, mass_ids, n_masses = _mass_components(labels)
+    if n_masses == 0:
         return out
-    region = out[box]  # a view: writing it writes out
-    is_mass = all_masses[box]
-    mass_ids, n_masses = _components(is_mass)
     sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)
     sizes[0] = 0
     small = sizes < min_fraction * sizes.max()
@@ -273,14 +280,9 @@ def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRA
 
 def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
     """Give every 26-connected tumour/cyst component its majority label (tumour on a tie); nothing else changes."""
-    out = _check_labels(labels).copy()
-    all_masses = np.isin(out, MASSES)
-    box = _foreground_box(all_masses)
-    if box is None:
+    out, region, is_mass, mass_ids, n_masses = _mass_components(labels)
+    if n_masses == 0:
         return out
-    region = out[box]  # a view: writing it writes out
-    is_mass = all_masses[box]
-    mass_ids, n_masses = _components(is_mass)
     tumour_voxels = np.bincount(mass_ids[region == MASSES[0]], minlength=n_masses + 1)
     cyst_voxels = np.bincount(mass_ids[region == MASSES[1]], minlength=n_masses + 1)
     majority = np.where(tumour_voxels >= cyst_voxels, MASSES[0], MASSES[1]).astype(out.dtype)
