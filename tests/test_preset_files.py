@@ -66,7 +66,8 @@ def test_the_kits_presets_offer_every_post_processing_step_to_the_holdout(names)
     """Row c39 of docs/quality.md: with the mass steps among the candidates the holdout kept largest_mass_per_kidney,
     and the test tumour Dice rose from 0.613 to 0.642 on the same model. The per-kidney step comes before the
     global one, which would also drop a second real tumour. Rows c44 and c45: one_label_per_mass and
-    largest_kidneys (tried before largest_foreground, which it replaces where kept) were kept and won."""
+    largest_kidneys (tried before largest_foreground, which it replaces where kept) were kept and won;
+    so was large_masses (c48)."""
     steps = layered(names)["train"]["postprocess"]
     assert steps == [
         "largest_kidneys",
@@ -74,6 +75,7 @@ def test_the_kits_presets_offer_every_post_processing_step_to_the_holdout(names)
         "masses_in_kidneys",
         "largest_mass_per_kidney",
         "largest_mass",
+        "large_masses",
         "one_label_per_mass",
     ]
 
