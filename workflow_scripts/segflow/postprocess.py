@@ -124,12 +124,16 @@ def _foreground_components(labels: np.ndarray):
 
     Every step labels the foreground (kidney_and_masses) once, inside its bounding box, and edits the copy there.
     """
+    return _boxed_components(labels, labels > 0)
+
+
+def _boxed_components(labels: np.ndarray, mask: np.ndarray):
+    """(a copy of labels, the mask's box, the mask's component ids inside it, their count); count 0 when empty."""
     out = labels.copy()
-    foreground = labels > 0
-    box = _foreground_box(foreground)
+    box = _foreground_box(mask)
     if box is None:
         return out, None, None, 0
-    ids, n = _components(foreground[box])
+    ids, n = _components(mask[box])
     return out, box, ids, n
 
 
@@ -247,18 +251,6 @@ def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
     return out
 
 
-def _mass_components(labels: np.ndarray):
-    """(a copy of labels, its view over the masses' box, the mass mask there, mass component ids there, their
-    count); count 0, and an empty box, when there is no mass."""
-    out = _check_labels(labels).copy()
-    all_masses = np.isin(out, MASSES)
-    box = _foreground_box(all_masses)
-    if box is None:
-        return out, out[:0], all_masses[:0], np.zeros(0, np.int32), 0
-    mass_ids, n_masses = _components(all_masses[box])
-    return out, out[box], all_masses[box], mass_ids, n_masses  # out[box] is a view: writing it writes out
-
-
 def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRACTION) -> np.ndarray:
     """Keep every mass component with at least ``min_fraction`` of the largest one's voxels; the voxels of the
     smaller ones become kidney (label 1), wherever they lie.
@@ -268,9 +260,11 @@ def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRA
     """
     if not 0 <= min_fraction <= 1:
         raise ValueError(f"large_masses: min_fraction must be in [0, 1], got {min_fraction}")
-    out, region, is_mass, mass_ids, n_masses = _mass_components(labels)
+    labels = _check_labels(labels)
+    out, box, mass_ids, n_masses = _boxed_components(labels, np.isin(labels, MASSES))
     if n_masses == 0:
         return out
+    region, is_mass = out[box], mass_ids > 0  # region is a view: writing it writes out
     sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)
     sizes[0] = 0
     small = sizes < min_fraction * sizes.max()
@@ -280,9 +274,11 @@ def keep_large_masses(labels: np.ndarray, min_fraction: float = DEFAULT_MASS_FRA
 
 def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
     """Give every 26-connected tumour/cyst component its majority label (tumour on a tie); nothing else changes."""
-    out, region, is_mass, mass_ids, n_masses = _mass_components(labels)
+    labels = _check_labels(labels)
+    out, box, mass_ids, n_masses = _boxed_components(labels, np.isin(labels, MASSES))
     if n_masses == 0:
         return out
+    region, is_mass = out[box], mass_ids > 0  # region is a view: writing it writes out
     tumour_voxels = np.bincount(mass_ids[region == MASSES[0]], minlength=n_masses + 1)
     cyst_voxels = np.bincount(mass_ids[region == MASSES[1]], minlength=n_masses + 1)
     majority = np.where(tumour_voxels >= cyst_voxels, MASSES[0], MASSES[1]).astype(out.dtype)
