@@ -249,6 +249,10 @@ TRAIN_ROUND_PARAMS = {
 TRAIN_REGIONS = (
     config["score"]["regions"] if config["train"]["dice_targets"] == "regions" else None
 )
+# The regions infer.decode: regions decodes through; with argmax, renaming a scored region reruns no prediction.
+DECODE_REGIONS = (
+    config["score"]["regions"] if config["infer"]["decode"] == "regions" else None
+)
 
 
 def get_init_checkpoint(wildcards):

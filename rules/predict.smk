@@ -17,6 +17,7 @@ rule predict_case:
             "seeding",
             "checkpoints",
             "inference",
+            "labelsets",
             "predict",
             "postprocess",
         ),
@@ -34,5 +35,6 @@ rule predict_case:
         runtime=10,
     params:
         infer=config["infer"],
+        regions=DECODE_REGIONS,
     script:
         "../workflow_scripts/predict_case.py"

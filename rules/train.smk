@@ -63,6 +63,7 @@ rule select_model:
             "checkpoints",
             "train",
             "inference",
+            "labelsets",
             "postprocess",
             "model_selection",
         ),

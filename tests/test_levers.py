@@ -20,7 +20,8 @@ from segflow.data import (
     lesion_cuts,
     paste_cut,
 )
-from segflow.inference import TTA_FLIPS, predict_probabilities, probability_labels
+from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
+from segflow.labelsets import region_tree
 from segflow.losses import RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.preflight import ConfigError
@@ -162,6 +163,70 @@ def test_probability_restore_places_boundaries_between_pixels():
     assert hard.tolist() == [1, 1, 0, 0]
     # voxel 2 sits at 0.75 between the pixel centres: 0.9 * 0.25 + 0.4 * 0.75 = 0.525 > 0.5 -> kidney
     assert soft.tolist() == [1, 1, 1, 0]
+
+
+KITS_REGIONS = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
+
+
+def test_region_tree_nests_the_scored_regions_and_refuses_overlaps():
+    assert region_tree(KITS_REGIONS, 4) == [
+        ((0,), None),
+        ((1, 2, 3), [((1,), None), ((2, 3), [((2,), None), ((3,), None)])]),
+    ]
+    assert region_tree({}, 3) == [((0,), None), ((1,), None), ((2,), None)]  # no regions: every label on its own
+    # Disjoint regions are siblings; labels in no region sit beside them, every node in label order.
+    assert region_tree({"b": [3], "a": [1, 2]}, 5) == [
+        ((0,), None),
+        ((1, 2), [((1,), None), ((2,), None)]),
+        ((3,), None),
+        ((4,), None),
+    ]
+    with pytest.raises(ValueError, match="score.regions.b and score.regions.a overlap"):
+        region_tree({"a": [1, 2], "b": [2, 3]}, 4)
+    with pytest.raises(ValueError, match=r"score.regions.a holds \[4\], outside the labels 1..3"):
+        region_tree({"a": [1, 4]}, 4)
+
+
+def test_region_decoding_follows_the_regions_where_the_argmax_splits_them():
+    # Columns: background, kidney, tumour, cyst. The first two voxels are masses the argmax misses: the first
+    # is foreground (0.6) and its foreground is mostly tumour; the second is kidney by the argmax but its masses
+    # (0.5) outweigh its kidney (0.4). Tumour against cyst then decides the label. The last voxel is plain.
+    voxels = [[0.40, 0.25, 0.35, 0.00], [0.10, 0.40, 0.30, 0.20], [0.10, 0.40, 0.15, 0.35], [0.60, 0.10, 0.20, 0.10]]
+    probability = torch.tensor(voxels).T.reshape(1, 4, 1, 4)
+    tree = region_tree(KITS_REGIONS, 4)
+    assert decode_labels(probability).tolist() == [[[0, 1, 1, 0]]]
+    assert decode_labels(probability, tree).tolist() == [[[2, 2, 3, 0]]]
+    assert probability_labels(probability.numpy().astype(np.float16), tree).tolist() == [[[2, 2, 3, 0]]]
+    # Without regions the tree is flat and the decoding is the argmax, ties to the lowest label included.
+    generator = torch.Generator().manual_seed(0)
+    random = torch.softmax(torch.randn(3, 4, 8, 8, generator=generator), dim=1)
+    random[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.2, 0.2])
+    random[0, :, 0, 1] = torch.tensor([0.5, 0.25, 0.125, 0.125])  # background against kidney+masses: a tie
+    assert torch.equal(decode_labels(random, region_tree({}, 4)), random.argmax(dim=1))
+    assert decode_labels(random, region_tree({}, 4))[0, 0, 0] == 0
+    assert decode_labels(random, tree)[0, 0, 1] == 0  # a tie goes to the lowest label, as with argmax
+
+
+def test_region_decoding_on_the_way_back_keeps_hard_labels(tmp_path):
+    image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
+    meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
+    labels = np.asarray(load_case(tmp_path / "a")[1])
+    meta["n_classes"] = 4
+    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float16)
+    tree = region_tree(KITS_REGIONS, 4)
+    assert np.array_equal(restore_probabilities(one_hot, meta, tree), restore_labels(labels, meta))
+    assert np.array_equal(probability_labels(one_hot, tree), labels)
+
+
+def test_region_decoding_is_checked_at_start_up():
+    with pytest.raises(ConfigError, match="score.regions.b and score.regions.a overlap"):
+        check_config(
+            config_with_defaults({"infer": {"decode": "regions"}, "score": {"regions": {"a": [1, 2], "b": [2, 3]}}})
+        )
+    with pytest.raises(ConfigError, match="infer.decode is regions but score.regions is empty"):
+        check_config(config_with_defaults({"infer": {"decode": "regions"}, "score": {"regions": {}}}))
+    check_config(config_with_defaults({"infer": {"decode": "regions"}}))
+    check_config(config_with_defaults({"score": {"regions": {"a": [1, 2], "b": [2, 3]}}}))  # argmax needs no tree
 
 
 class Asymmetric(torch.nn.Module):

@@ -28,7 +28,7 @@ LEVERS = {
         "postprocess_on": "unseen",
         "augment": {"lesion_paste_prob": 0.5},
     },
-    "infer": {"tta": True, "restore": "probabilities"},
+    "infer": {"tta": True, "restore": "probabilities", "decode": "regions"},
 }
 
 
@@ -64,7 +64,7 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         saved = nib.load(prediction)
         assert saved.shape == raw.shape and np.array_equal(saved.affine, raw.affine)
         log = (results / "logs/predict_case" / f"{case}.log").read_text()
-        assert "2 model(s), tta True, restore probabilities" in log
+        assert "2 model(s), tta True, restore probabilities, decode regions" in log
     assert (results / "report/report.html").exists()
     # Changing only the way back reruns prediction and what follows it, never training.
     (workdir / "config" / "labels.yaml").write_text(yaml.safe_dump({"infer": {"tta": True, "restore": "labels"}}))

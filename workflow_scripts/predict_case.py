@@ -7,7 +7,16 @@ from segflow.predict import predict_case
 
 def main(smk):
     steps = read_json(smk.input.summary).get("postprocess", [])
-    predict_case(smk.input.model, smk.input.case, smk.input.image, smk.output[0], smk.params.infer, steps, smk.threads)
+    predict_case(
+        smk.input.model,
+        smk.input.case,
+        smk.input.image,
+        smk.output[0],
+        smk.params.infer,
+        steps,
+        smk.threads,
+        smk.params.regions,
+    )
 
 
 run_logged(lambda: main(snakemake), snakemake.log[0], f"predict_case {snakemake.wildcards.case}")  # noqa: F821

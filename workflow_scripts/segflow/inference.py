@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from segflow.data import context_stack
+from segflow.labelsets import region_tree
 from segflow.models import class_labels
 
 # Mirror images along rows, columns and both (dims of an (N, C, H, W) batch); the identity comes first.
@@ -58,9 +59,53 @@ def predict_slices(
     return out
 
 
-def probability_labels(probabilities_zchw: np.ndarray) -> np.ndarray:
-    """Argmax over the class axis of a (Z, C, H, W) probability stack (first maximum on ties), as uint8."""
-    return np.argmax(probabilities_zchw, axis=1).astype(np.uint8)
+def probability_labels(probabilities_zchw: np.ndarray, tree: list | None = None) -> np.ndarray:
+    """Labels (Z, H, W) uint8 of a (Z, C, H, W) probability stack: the argmax over the class axis (first maximum on
+    ties), or with a region ``tree`` the top-down decoding of decode_labels."""
+    if tree is None:
+        return np.argmax(probabilities_zchw, axis=1).astype(np.uint8)
+    out = np.empty((probabilities_zchw.shape[0], *probabilities_zchw.shape[2:]), dtype=np.uint8)
+    for start in range(0, len(out), 16):  # float32 copies of 16 slices at a time
+        chunk = torch.from_numpy(np.asarray(probabilities_zchw[start : start + 16], dtype=np.float32))
+        out[start : start + 16] = decode_labels(chunk, tree).numpy()
+    return out
+
+
+def decode_labels(probability: torch.Tensor, tree: list | None = None) -> torch.Tensor:
+    """Labels (N, H, W) from class probabilities (N, C, H, W).
+
+    Without a ``tree``, the argmax (first maximum on ties). With the region tree of ``score.regions``
+    (segflow.labelsets.region_tree; ``infer.decode: regions``) the decision goes top down, one branch per node,
+    each branch's probability the sum of its classes': for KiTS background against kidney+masses first, then
+    kidney against masses, then tumour against cyst. Each decision is the one its scored region asks: a voxel whose
+    softmax is spread over tumour and cyst can still be a mass, where the argmax calls it kidney or background.
+    """
+    if tree is None:
+        return probability.max(dim=1).indices  # first maximum on ties, like argmax (10x faster than argmax(1))
+    labels = torch.zeros((probability.shape[0], *probability.shape[2:]), dtype=torch.long, device=probability.device)
+    _descend(probability, tree, torch.ones_like(labels, dtype=torch.bool), labels)
+    return labels
+
+
+def _descend(probability: torch.Tensor, node: list, inside: torch.Tensor, labels: torch.Tensor) -> None:
+    """Send each voxel of ``inside`` down the branch of ``node`` with the highest summed probability."""
+    scores = torch.stack([probability[:, list(members)].sum(dim=1) for members, _ in node], dim=1)
+    choice = scores.max(dim=1).indices  # ties go to the first branch: the lowest label, as with argmax
+    for index, (members, children) in enumerate(node):
+        chosen = inside & (choice == index)
+        if children is None:
+            labels[chosen] = members[0]
+        else:
+            _descend(probability, children, chosen, labels)
+
+
+def label_tree(infer: dict, regions: dict | None, n_classes: int) -> list | None:
+    """The region tree ``infer.decode`` asks for (None: the argmax). ``regions``: ``score.regions``."""
+    if infer["decode"] != "regions":
+        return None
+    if not regions:
+        raise ValueError("infer.decode is regions but score.regions is empty; name the regions there or decode argmax")
+    return region_tree(regions, n_classes)
 
 
 def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:

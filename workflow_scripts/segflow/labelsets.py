@@ -45,3 +45,36 @@ def headline_column(score_cfg: dict, columns) -> str | None:
     wanted = f"dice_{score_cfg['headline']}"
     dice = [c for c in columns if c.startswith("dice_")]
     return wanted if wanted in dice else (dice[0] if dice else None)
+
+
+def region_tree(regions: dict, n_classes: int) -> list[tuple[tuple[int, ...], list | None]]:
+    """The label values 0..n_classes-1 as a tree of ``score.regions``, for ``infer.decode: regions``.
+
+    A node is a list of branches ``(labels, children)``, in the order of their lowest label: each label of the node
+    that no smaller region holds (``children`` None), and each largest region inside the node with its own node.
+    KiTS's regions give [(0), (1, 2, 3) -> [(1), (2, 3) -> [(2), (3)]]]. Regions must nest or be disjoint (a
+    tree); a region naming a label outside 1..n_classes-1 is an error too.
+    """
+    sets: dict[frozenset, str] = {}
+    for name, members in regions.items():
+        labels = frozenset(int(v) for v in members)
+        outside = sorted(v for v in labels if not 0 < v < n_classes)
+        if outside:
+            raise ValueError(f"score.regions.{name} holds {outside}, outside the labels 1..{n_classes - 1}")
+        for other, other_name in sets.items():
+            if labels & other and not (labels <= other or other <= labels):
+                raise ValueError(
+                    f"score.regions.{name} and score.regions.{other_name} overlap without one holding the other; "
+                    "infer.decode: regions needs regions that nest or are disjoint (or set infer.decode to argmax)"
+                )
+        sets.setdefault(labels, name)  # one region under two names is one branch
+
+    def node(universe: frozenset) -> list:
+        inside = [s for s in sets if s < universe]
+        largest = [s for s in inside if not any(s < t for t in inside)]
+        held = frozenset().union(*largest)
+        branches = [((v,), None) for v in universe - held]
+        branches += [(tuple(sorted(s)), node(s) if len(s) > 1 else None) for s in largest]
+        return sorted(branches, key=lambda branch: branch[0][0])  # ties go to the lowest label, as with argmax
+
+    return node(frozenset(range(n_classes)))

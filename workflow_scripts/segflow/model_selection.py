@@ -16,7 +16,7 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
-from segflow.inference import case_probabilities, probability_labels
+from segflow.inference import case_probabilities, label_tree, probability_labels
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -128,8 +128,8 @@ def decide_postprocessing(
     """Which post-processing steps help on ``case_dirs``: cases the model never trained on (nnU-Net decides on its
     cross-validation's predictions the same way).
 
-    The cases are predicted on the preprocessed grid, where their reference labels are, with the same ensemble
-    and mirroring as the test cases. Returns ``{"steps": [...], "table": [...], "cases": [...]}``.
+    The cases are predicted on the preprocessed grid, where their reference labels are, with the same ensemble,
+    mirroring and decoding as the test cases. Returns ``{"steps": [...], "table": [...], "cases": [...]}``.
     """
     from segflow.postprocess import decide
 
@@ -147,7 +147,7 @@ def decide_postprocessing(
     for case_dir in case_dirs:
         image, label = load_case(case_dir)
         probabilities = case_probabilities(models, image, checkpoint, infer, device)
-        predictions.append(probability_labels(probabilities))
+        predictions.append(probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1])))
         references.append(np.asarray(label))
     steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
     log.info("post-processing decided on %d cases: kept %s of %s", len(case_dirs), steps or "none", candidates)

@@ -2,8 +2,9 @@
 
 The network's softmax is averaged over the ensemble members and, with ``infer.tta``, over the slice and its
 mirror images along both in-plane axes (each prediction flipped back first). The way back then resamples either
-the class probabilities (``infer.restore: probabilities``, nnU-Net's export) or the argmax labels, and the
-post-processing steps select_model chose on the fixed holdout are applied last.
+the class probabilities (``infer.restore: probabilities``, nnU-Net's export) or the labels, decoded by the argmax
+or top down through the scored regions (``infer.decode``), and the post-processing steps select_model chose on
+the fixed holdout are applied last.
 """
 
 from __future__ import annotations
@@ -17,29 +18,36 @@ import torch
 from segflow.cases import load_case
 from segflow.checkpoints import load_models
 from segflow.device import pick_device
-from segflow.inference import case_probabilities, probability_labels
+from segflow.inference import case_probabilities, label_tree, probability_labels
 from segflow.io import read_json, save_nifti
 from segflow.restore import restore_labels, restore_probabilities
 
 log = logging.getLogger(__name__)
 
 
-def predict_volume(models, case_dir, infer: dict, device: torch.device, context) -> tuple[np.ndarray, dict]:
+def predict_volume(
+    models, case_dir, infer: dict, device: torch.device, context, regions: dict | None = None
+) -> tuple[np.ndarray, dict]:
     """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json.
 
-    ``context`` is the checkpoint dictionary of segflow.checkpoints.load_models (or, 2D only, its context_slices)."""
+    ``context`` is the checkpoint dictionary of segflow.checkpoints.load_models (or, 2D only, its context_slices);
+    ``regions`` (``score.regions``) are needed with ``infer.decode: regions``."""
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
     checkpoint = context if isinstance(context, dict) else {"context_slices": context}
     probabilities = case_probabilities(models, image, checkpoint, infer, device)
     meta["n_classes"] = probabilities.shape[1]
+    tree = label_tree(infer, regions, probabilities.shape[1])
     if infer["restore"] == "probabilities":
-        return restore_probabilities(probabilities, meta), meta
-    return restore_labels(probability_labels(probabilities), meta), meta
+        return restore_probabilities(probabilities, meta, tree), meta
+    return restore_labels(probability_labels(probabilities, tree), meta), meta
 
 
-def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: dict, postprocess=(), threads: int = 1):
-    """Predict one case and save the label map with the raw image's shape and affine."""
+def predict_case(
+    checkpoint_path, case_dir, raw_image_path, output_path, infer: dict, postprocess=(), threads: int = 1, regions=None
+):
+    """Predict one case and save the label map with the raw image's shape and affine (``regions``: see
+    predict_volume)."""
     import nibabel as nib
 
     from segflow.postprocess import apply as apply_postprocessing
@@ -47,7 +55,7 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint)
+    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint, regions)
     raw = nib.load(str(raw_image_path))
     if list(raw.shape[:3]) != list(labels.shape):
         raise RuntimeError(f"{raw_image_path}: prediction shape {list(labels.shape)} != image {list(raw.shape)}")
@@ -55,11 +63,12 @@ def predict_case(checkpoint_path, case_dir, raw_image_path, output_path, infer: 
         labels = apply_postprocessing(labels, list(postprocess))
     save_nifti(output_path, labels, raw.affine)
     log.info(
-        "%s: %d model(s), tta %s, restore %s, post-processing %s; labels %s",
+        "%s: %d model(s), tta %s, restore %s, decode %s, post-processing %s; labels %s",
         Path(output_path).name,
         len(models),
         infer["tta"],
         infer["restore"],
+        infer["decode"],
         list(postprocess) or "none",
         dict(zip(*map(list, np.unique(labels, return_counts=True)))),
     )

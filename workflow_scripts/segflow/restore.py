@@ -34,10 +34,11 @@ def restore_labels(pred_zhw: np.ndarray, meta: dict) -> np.ndarray:
     return _restore(class_maps, pred.shape, n_classes, meta)
 
 
-def restore_probabilities(prob_zchw: np.ndarray, meta: dict) -> np.ndarray:
+def restore_probabilities(prob_zchw: np.ndarray, meta: dict, tree: list | None = None) -> np.ndarray:
     """Labels on the original grid from a (Z, C, H, W) class-probability stack: the probabilities are resampled
     to every original voxel (bilinear in-plane, nearest across slices) and the argmax taken there, nnU-Net's
-    export. Boundaries then fall between the network's pixels rather than on them."""
+    export (or, with a region ``tree``, the top-down decoding of segflow.inference.decode_labels). Boundaries then
+    fall between the network's pixels rather than on them."""
     prob = np.asarray(prob_zchw)
 
     def class_maps(z_index):
@@ -45,12 +46,13 @@ def restore_probabilities(prob_zchw: np.ndarray, meta: dict) -> np.ndarray:
 
         return torch.from_numpy(np.asarray(prob[z_index], dtype=np.float32))
 
-    return _restore(class_maps, (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta)
+    return _restore(class_maps, (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta, tree)
 
 
-def _restore(class_maps, zhw_shape, n_classes: int, meta: dict) -> np.ndarray:
+def _restore(class_maps, zhw_shape, n_classes: int, meta: dict, tree: list | None = None) -> np.ndarray:
     """The way back shared by labels and probabilities: trace every cropped voxel to the prediction grid, sample
-    the class maps there and take the argmax, then pad the crop with background and undo the orientation."""
+    the class maps there and decode them (the argmax without a region ``tree``), then pad the crop with background
+    and undo the orientation."""
     cropped_shape = meta["cropped_shape"]
     resampling = meta.get("resampling")
     if resampling:
@@ -62,7 +64,7 @@ def _restore(class_maps, zhw_shape, n_classes: int, meta: dict) -> np.ndarray:
     at = [(np.arange(n) - o) / s for n, s, o in zip(cropped_shape, scale, offset)]
     z_index = _nearest(at[0], zhw_shape[0])
     rows, cols = [(at[axis] + 0.5) * zhw_shape[axis] / grid_shape[axis] - 0.5 for axis in (1, 2)]
-    cropped = _interpolate_classes(class_maps, zhw_shape[1:], z_index, rows, cols, n_classes)
+    cropped = _interpolate_classes(class_maps, zhw_shape[1:], z_index, rows, cols, n_classes, tree)
 
     oriented = meta["oriented_shape"]
     zhw = np.zeros([oriented[meta["slice_dim"]], *(oriented[d] for d in meta["plane_dims"])], dtype=np.uint8)
@@ -73,15 +75,17 @@ def _restore(class_maps, zhw_shape, n_classes: int, meta: dict) -> np.ndarray:
     return np.ascontiguousarray(restored)
 
 
-def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes: int) -> np.ndarray:
+def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes: int, tree=None) -> np.ndarray:
     """Slices ``z_index`` of per-class maps (``class_maps(z) -> (n, C, H, W)`` float tensor) sampled bilinearly
-    at (rows x cols), argmax per voxel.
+    at (rows x cols), decoded per voxel (segflow.inference.decode_labels: the argmax without a region ``tree``).
 
     grid_sample with border padding samples exactly like the forward resize's pixel-centre geometry, at any
     positions; chunks of slices bound the memory (one float per class per output voxel of the chunk).
     """
     import torch
     import torch.nn.functional as F
+
+    from segflow.inference import decode_labels
 
     # Normalised coordinates (align_corners=False): pixel p of n sits at (2p + 1) / n - 1; grid order is (x, y).
     y, x = [torch.from_numpy((2 * c + 1) / n - 1).float() for c, n in ((rows, plane_shape[0]), (cols, plane_shape[1]))]
@@ -92,5 +96,5 @@ def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes
         maps = class_maps(z_index[z0:z1])
         grid_z = grid.expand(z1 - z0, *grid.shape)
         probability = F.grid_sample(maps, grid_z, mode="bilinear", padding_mode="border", align_corners=False)
-        out[z0:z1] = probability.max(dim=1).indices.numpy()  # first maximum on ties, like argmax (10x faster)
+        out[z0:z1] = decode_labels(probability, tree).numpy()
     return out
