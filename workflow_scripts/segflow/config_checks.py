@@ -6,7 +6,7 @@ that the check costs no torch import.
 
 from __future__ import annotations
 
-from segflow.labelsets import allowed_labels, n_classes, region_tree
+from segflow.labelsets import allowed_labels, label_tree, n_classes
 from segflow.preflight import ConfigError
 
 MODELS_BY_DIMS = {
@@ -86,13 +86,10 @@ def check_config(config: dict) -> None:
             )
         if not score["regions"]:
             raise ConfigError("train.dice_targets is regions but score.regions is empty; name the regions there")
-    if config["infer"]["decode"] == "regions":
-        if not score["regions"]:
-            raise ConfigError("infer.decode is regions but score.regions is empty; name the regions there")
-        try:
-            region_tree(score["regions"], n_classes(config))
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+    try:
+        label_tree(config["infer"], score["regions"], n_classes(config))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     allowed = set(allowed_labels(config))
     unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
     if unknown:

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from segflow.data import context_stack
-from segflow.labelsets import region_tree
 from segflow.models import class_labels
 
 # Mirror images along rows, columns and both (dims of an (N, C, H, W) batch); the identity comes first.
@@ -97,15 +96,6 @@ def _descend(probability: torch.Tensor, node: list, inside: torch.Tensor, labels
             labels[chosen] = members[0]
         else:
             _descend(probability, children, chosen, labels)
-
-
-def label_tree(infer: dict, regions: dict | None, n_classes: int) -> list | None:
-    """The region tree ``infer.decode`` asks for (None: the argmax). ``regions``: ``score.regions``."""
-    if infer["decode"] != "regions":
-        return None
-    if not regions:
-        raise ValueError("infer.decode is regions but score.regions is empty; name the regions there or decode argmax")
-    return region_tree(regions, n_classes)
 
 
 def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:

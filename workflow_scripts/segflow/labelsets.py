@@ -78,3 +78,13 @@ def region_tree(regions: dict, n_classes: int) -> list[tuple[tuple[int, ...], li
         return sorted(branches, key=lambda branch: branch[0][0])  # ties go to the lowest label, as with argmax
 
     return node(frozenset(range(n_classes)))
+
+
+def label_tree(infer: dict, regions: dict | None, n_classes: int) -> list | None:
+    """The region tree ``infer.decode`` asks for (None: the argmax). ``regions``: ``score.regions``. Raises
+    ValueError when decoding through regions that are missing or do not form a tree (checked at start-up too)."""
+    if infer["decode"] != "regions":
+        return None
+    if not regions:
+        raise ValueError("infer.decode is regions but score.regions is empty; name the regions there or decode argmax")
+    return region_tree(regions, n_classes)

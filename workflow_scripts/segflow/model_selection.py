@@ -16,7 +16,8 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
-from segflow.inference import case_probabilities, label_tree, probability_labels
+from segflow.inference import case_probabilities, probability_labels
+from segflow.labelsets import label_tree
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 

@@ -18,8 +18,9 @@ import torch
 from segflow.cases import load_case
 from segflow.checkpoints import load_models
 from segflow.device import pick_device
-from segflow.inference import case_probabilities, label_tree, probability_labels
+from segflow.inference import case_probabilities, probability_labels
 from segflow.io import read_json, save_nifti
+from segflow.labelsets import label_tree
 from segflow.restore import restore_labels, restore_probabilities
 
 log = logging.getLogger(__name__)
