@@ -64,6 +64,9 @@ def run_row(row: str, args) -> None:
         "--configfile",
         *map(str, files),
         str(work / "run.yaml"),
+        # A row stopped part-way (a killed training) picks up where it stopped: train_round resumes from its last
+        # saved epoch, so the incomplete outputs Snakemake would otherwise refuse to touch are simply redone.
+        "--rerun-incomplete",
     ]
     if args.rerun_triggers:
         command += ["--rerun-triggers", *args.rerun_triggers]

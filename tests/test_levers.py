@@ -19,6 +19,8 @@ from segflow.data import (
     lesion_bank,
     lesion_cuts,
     paste_cut,
+    same_shape_batches,
+    slice_shape,
 )
 from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
 from segflow.labelsets import region_tree
@@ -27,7 +29,7 @@ from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.preflight import ConfigError
 from segflow.preprocess import preprocess_case
 from segflow.restore import restore_labels, restore_probabilities
-from segflow.train import build_scheduler, validation_subset
+from segflow.train import build_scheduler, evaluate, validation_subset
 
 DEFAULTS = config_with_defaults()["preprocess"]
 TRAIN = config_with_defaults(
@@ -581,3 +583,68 @@ def test_val_every_needs_the_poly_schedule():
     with pytest.raises(ConfigError, match="train.val_every is 4, but train.lr_schedule plateau"):
         check_config(config_with_defaults({"train": {"val_every": 4, "lr_schedule": "plateau"}}))
     check_config(config_with_defaults({"train": {"val_every": 4, "lr_schedule": "poly"}}))
+
+
+def two_grids(tmp_path) -> SliceDataset:
+    """Two cases preprocessed with preprocess.size null: each keeps its own in-plane grid (22 x 18 and 30 x 26)."""
+    dirs = []
+    for name, shape in (("small", (24, 20, 8)), ("large", (32, 28, 6))):
+        image, seg = write_case(tmp_path / "raw" / name, shape=shape)
+        preprocess_case(image, seg, tmp_path / name, {**DEFAULTS, "crop_margin": 1, "size": None})
+        dirs.append(tmp_path / name)
+    return SliceDataset(dirs)
+
+
+def test_batches_never_mix_the_grids_of_cases_kept_on_their_own_grid(tmp_path):
+    dataset = two_grids(tmp_path)
+    shapes = {slice_shape(dataset, i) for i in range(len(dataset))}
+    assert len(shapes) == 2 and len(dataset) == 14
+    batches = same_shape_batches(dataset, 3)
+    assert [len(b) for b in batches] == [3, 3, 2, 3, 3]  # 8 slices of one case, then 6 of the other
+    assert sum(batches, []) == list(range(len(dataset)))  # every item once, in order
+    assert all(len({slice_shape(dataset, i) for i in b}) == 1 for b in batches)
+    subset = torch.utils.data.Subset(dataset, [6, 7, 8, 9])
+    assert same_shape_batches(subset, 8) == [[0, 1], [2, 3]]
+
+
+def test_crops_of_slices_smaller_than_the_crop_are_padded_to_it(tmp_path):
+    dataset = two_grids(tmp_path)
+    dataset.transform = build_augmentation({"enabled": False}, patch_size=[24, 24])
+    dataset.transform.set_random_state(seed=0)
+    small, large = dataset[3], dataset[10]  # 22 x 18 and 30 x 26 slices with labels
+    assert small["image"].shape == large["image"].shape == (1, 24, 24)
+    assert small["label"].shape == (1, 24, 24) and small["label"].max() > 0
+
+
+def test_cases_on_their_own_grid_validate_in_windows(tmp_path):
+    # evaluate over two grids, one of them smaller than a window in one axis: windows pad what they must, and the
+    # figures are those of each case evaluated alone.
+    dataset = two_grids(tmp_path)
+    torch.manual_seed(0)
+    net = build_model({**TRAIN, "context_slices": 1}, 4)
+    windowed = for_whole_slices(net, {"patch_size": [24, 24], "window_overlap": 0.5})
+    loss_fn = build_loss({**TRAIN, "loss": "dice_ce"}, None, 4)
+    both = evaluate(windowed, dataset, loss_fn, 4, torch.device("cpu"), 4)
+    parts = [
+        evaluate(windowed, torch.utils.data.Subset(dataset, items), loss_fn, 4, torch.device("cpu"), 4)
+        for items in (range(8), range(8, 14))
+    ]
+    assert both.loss == pytest.approx((8 * parts[0].loss + 6 * parts[1].loss) / 14, rel=1e-5)
+
+
+def test_size_null_in_2d_needs_crops_and_windows_and_spacing_needs_an_axis():
+    with pytest.raises(ConfigError, match="preprocess.size is null .* set train.patch_size and train.window_overlap"):
+        check_config(config_with_defaults({"preprocess": {"size": None}}))
+    with pytest.raises(ConfigError, match="set train.patch_size and train.window_overlap"):
+        check_config(
+            config_with_defaults(
+                {"preprocess": {"size": None}, "train": {"patch_size": [32, 32], "window_overlap": None}}
+            )
+        )
+    check_config(
+        config_with_defaults(
+            {"preprocess": {"size": None, "spacing": [0.9, 0.9, 0]}, "train": {"patch_size": [32, 32]}}
+        )
+    )
+    with pytest.raises(ConfigError, match=r"preprocess.spacing \[0, 0, 0\] keeps every axis's own spacing"):
+        check_config(config_with_defaults({"preprocess": {"spacing": [0, 0, 0]}}))

@@ -13,6 +13,8 @@ from workflow import copy_workflow, planned_jobs, snakemake
 from segflow.postprocess import STEPS as POSTPROCESSING_STEPS
 
 LEVERS = {
+    # Every case on its own grid of 6 mm pixels (the tiny cases have 5.3-6.4 mm), its slices kept as they are.
+    "preprocess": {"size": None, "spacing": [6.0, 6.0, 0]},
     "train": {
         "norm": "instance",
         "context_slices": 3,
@@ -38,6 +40,8 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     snakemake(workdir, "--configfile", "config/tiny.yaml", "config/levers.yaml")
     results = workdir / "results"
 
+    grids = {tuple(json.loads(meta.read_text())["size"]) for meta in (results / "preprocessed").glob("*/meta.json")}
+    assert len(grids) > 1  # the batches of validation and prediction meet several slice sizes
     summary = json.loads((results / "train/best.json").read_text())
     assert len(summary["ensemble"]) == 2 and set(summary["ensemble_rounds"]) == {0, 1}
     assert summary["keep_epoch"] == "last" and all(p.endswith("model_last.pt") for p in summary["ensemble"])

@@ -133,6 +133,28 @@ def test_round_trip_after_resampling_to_a_target_spacing(tmp_path, phantom):
     assert dice(restored == 1, truth == 1) >= 0.98
 
 
+def test_in_plane_spacing_keeps_every_slice_and_the_grid_with_size_null(tmp_path, phantom):
+    # 0 keeps an axis's own spacing: the in-plane pixels resampled to 2 mm, the 4 mm slices kept one for one, and with
+    # size null the slices keep the resampled grid (no resize), so every case has 2 mm pixels.
+    image_path, seg_path = phantom["kits"]
+    cfg = {**DEFAULTS, "size": None, "spacing": [2.0, 2.0, 0]}
+    meta = preprocess_case(image_path, seg_path, tmp_path / "out", cfg)
+    image, labels = load_case(tmp_path / "out")
+    cropped = meta["cropped_shape"]
+    assert meta["n_slices"] == image.shape[0] == cropped[0]
+    assert list(image.shape[1:]) == meta["size"] == meta["resampling"]["shape"][1:]
+    zooms = [meta["oriented_spacing"][d] for d in meta["plane_dims"]]
+    assert zooms[0] != pytest.approx(2.0) and list(image.shape[1:]) == [
+        pytest.approx(n * zoom / 2.0, abs=1) for n, zoom in zip(cropped[1:], zooms)
+    ]
+    assert meta["resampling"]["scale"][0] == pytest.approx(1.0)
+    restored = restore_labels(np.asarray(labels), meta)
+    truth = np.asarray(nib.load(seg_path).dataobj)
+    assert restored.shape == truth.shape
+    assert dice(restored == 1, truth == 1) >= 0.98
+    assert dice(restored == 2, truth == 2) >= 0.9
+
+
 def test_resampling_is_monai_spacing(phantom):
     # The separable, chunked resampling samples exactly where MONAI's Spacing (bilinear / nearest) samples.
     from monai.data import MetaTensor

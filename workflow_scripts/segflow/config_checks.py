@@ -41,6 +41,11 @@ def check_config(config: dict) -> None:
             f"train.val_every is {train['val_every']}, but train.lr_schedule plateau steps on every epoch's validation "
             "loss; set train.lr_schedule to poly or train.val_every to 1"
         )
+    if pre["spacing"] is not None and not any(pre["spacing"]):
+        raise ConfigError(
+            f"preprocess.spacing {pre['spacing']} keeps every axis's own spacing (0 = keep); set it to null, which "
+            "keeps the grid without resampling"
+        )
     patch = train["patch_size"]
     if dims == 3:
         if pre["size"] is not None:
@@ -61,9 +66,10 @@ def check_config(config: dict) -> None:
                 "train.augment.lesion_paste_prob pastes lesions into slices, a 2D option; set it to 0 with train.dims 3"
             )
     else:
-        if pre["size"] is None:
+        if pre["size"] is None and not (patch and train["window_overlap"] is not None):
             raise ConfigError(
-                "preprocess.size is null (keep the grid), which only train.dims 3 supports; give 2 values"
+                "preprocess.size is null (every case keeps its own grid), which 2D training supports only on crops "
+                "seen whole in windows: set train.patch_size and train.window_overlap, or give preprocess.size 2 values"
             )
         if patch and len(patch) != 2:
             raise ConfigError(f"train.patch_size {patch} has 3 values but train.dims is 2; give (rows, columns)")

@@ -92,6 +92,30 @@ class SliceDataset(torch.utils.data.Dataset):
         return self._foreground
 
 
+def slice_shape(dataset, item: int) -> tuple[int, ...]:
+    """(H, W) of item ``item`` of a SliceDataset or a Subset of one, without reading the slice."""
+    if isinstance(dataset, torch.utils.data.Subset):
+        return slice_shape(dataset.dataset, dataset.indices[item])
+    case, _ = dataset.index[item]
+    return tuple(dataset.cases[case][0].shape[1:])
+
+
+def same_shape_batches(dataset, batch_size: int) -> list[list[int]]:
+    """The items in order, in batches of at most ``batch_size`` that never mix slice shapes.
+
+    With ``preprocess.size: null`` every case keeps its own grid, and a batch must be one tensor. With one size
+    for all slices these are the batches of an unshuffled DataLoader.
+    """
+    batches, shape = [], None
+    for item in range(len(dataset)):
+        item_shape = slice_shape(dataset, item)
+        if not batches or item_shape != shape or len(batches[-1]) == batch_size:
+            batches.append([])
+        batches[-1].append(item)
+        shape = item_shape
+    return batches
+
+
 def _labels_per_slice(label_zhw: np.ndarray) -> np.ndarray:
     """(Z, max label) bool: label c + 1 occurs in slice z."""
     top = int(label_zhw.max()) if label_zhw.size else 0
@@ -269,6 +293,7 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
         RandFlipd,
         RandScaleIntensityd,
         RandShiftIntensityd,
+        SpatialPadd,
     )
 
     steps = []
@@ -276,6 +301,9 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
         # Before the crop, so that the crop can centre on a pasted lesion as on a real one.
         steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"]))
     if patch_size:
+        # Slices of cases on their own grid (preprocess.size: null) may be smaller than a crop; padding them with
+        # 0 (below the window) and background first keeps every crop, and so every batch, one size.
+        steps.append(SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size)))
         # A class missing from a slice has its ratio set to 0 for that slice, the right fallback; MONAI warns
         # about it on every such slice.
         warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples", category=UserWarning)

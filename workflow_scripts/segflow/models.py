@@ -54,8 +54,8 @@ class SlidingWindow(torch.nn.Module):
 
     A network trained on crops and applied to a whole slice sees a field it never saw in training; with instance
     norm its feature statistics change too (a crop around a kidney holds far less air and fat than the slice). The
-    windows give it inputs of the size it was trained on. In training mode, or when the input is no larger than a
-    window, the network runs as it is.
+    windows give it inputs of the size it was trained on. In training mode, or when the input is one window, the
+    network runs as it is; a slice smaller than a window (a case on its own grid) is padded to one.
     """
 
     def __init__(self, net: torch.nn.Module, patch_size, overlap: float, windows_per_batch: int = 16):
@@ -66,7 +66,7 @@ class SlidingWindow(torch.nn.Module):
         self.windows_per_batch = windows_per_batch
 
     def forward(self, x):
-        if self.training or all(s <= p for s, p in zip(x.shape[2:], self.patch_size)):
+        if self.training or tuple(x.shape[2:]) == self.patch_size:
             return self.net(x)
         from monai.inferers import sliding_window_inference
 

@@ -32,7 +32,14 @@ import pandas as pd
 import torch
 
 from segflow.checkpoints import model_cfg, save_checkpoint
-from segflow.data import SliceDataset, build_augmentation, class_balanced_weights, epoch_indices, lesion_bank
+from segflow.data import (
+    SliceDataset,
+    build_augmentation,
+    class_balanced_weights,
+    epoch_indices,
+    lesion_bank,
+    same_shape_batches,
+)
 from segflow.device import amp_dtype_for, autocast_for, pick_device
 from segflow.io import atomic_path, write_json, write_table
 from segflow.losses import build_loss, main_output
@@ -464,7 +471,7 @@ def _channels_last(cfg: dict):
 def evaluate(model, dataset, loss_fn, batch_size: int, device, n_classes: int, amp_dtype=None, names=None) -> Scores:
     """Mean loss over slices, and overlap figures pooled over all slices (foreground, and Dice per class)."""
     model.eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=same_shape_batches(dataset, batch_size))
     total, count = 0.0, 0
     class_inter, class_volume = np.zeros(n_classes), np.zeros(n_classes)
     tp = fp = fn = 0.0
@@ -513,9 +520,9 @@ def hard_slice_weights(model, dataset, loss_fn, batch_size: int, device, amp_dty
     """
     model.eval()
     losses = []
-    for start in range(0, len(dataset), batch_size):
+    for items in same_shape_batches(dataset, batch_size):
         _check_stop()
-        samples = [dataset.untransformed(i) for i in range(start, min(start + batch_size, len(dataset)))]
+        samples = [dataset.untransformed(i) for i in items]
         batch = {key: torch.stack([s[key] for s in samples]) for key in ("image", "label")}
         images, labels = _to_device(batch, device)
         with autocast_for(device, amp_dtype):
