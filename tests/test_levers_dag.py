@@ -1,14 +1,16 @@
 """Integration: the tiny DAG with every quality lever switched on, from nothing to the report."""
 
+import importlib.util
 import json
 import re
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
-from workflow import copy_workflow, planned_jobs, snakemake
+from workflow import REPO, copy_workflow, planned_jobs, snakemake
 
 from segflow.postprocess import STEPS as POSTPROCESSING_STEPS
 
@@ -70,8 +72,28 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         log = (results / "logs/predict_case" / f"{case}.log").read_text()
         assert "2 model(s), tta True, restore probabilities, decode regions" in log
     assert (results / "report/report.html").exists()
+    check_paired_decodings(workdir, tmp_path / "decodings.tsv")
     # Changing only the way back reruns prediction and what follows it, never training.
     (workdir / "config" / "labels.yaml").write_text(yaml.safe_dump({"infer": {"tta": True, "restore": "labels"}}))
     rerun = snakemake(workdir, "-n", "--configfile", "config/tiny.yaml", "config/levers.yaml", "config/labels.yaml")
     plan = planned_jobs(rerun.stdout)
     assert "train_round" not in plan and plan.get("predict_case", 0) >= 1
+
+
+def check_paired_decodings(workdir, out):
+    """benchmarks/decodings.py on the finished folder: its regions row is the pipeline's own score of each test
+    case (decode regions), and the argmax row, from the same probabilities, is there beside it."""
+    spec = importlib.util.spec_from_file_location("decodings", REPO / "benchmarks" / "decodings.py")
+    decodings = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(decodings)
+    configs = [workdir / "config" / name for name in ("config.yaml", "tiny.yaml", "levers.yaml")]
+    results = workdir / "results"
+    decodings.main(["--results", str(results), "--configfile", *map(str, configs), "--out", str(out), "--threads", "1"])
+    table = pd.read_csv(out, sep="\t")
+    assert sorted(table["decode"].unique()) == ["argmax", "regions"]
+    for case, rows in table.groupby("case_id"):
+        pipeline = json.loads((results / "scores/cases" / f"{case}.json").read_text())["scores"]
+        ours = rows.set_index("decode").loc["regions"]
+        for name in ("dice_kidney_and_masses", "dice_masses", "dice_tumor"):
+            expected = float("nan") if pipeline[name] is None else pipeline[name]  # JSON writes NaN as null
+            assert ours[name] == pytest.approx(expected, abs=1e-9, nan_ok=True)

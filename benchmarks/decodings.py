@@ -1,0 +1,127 @@
+"""Score the ways of decoding one trained model side by side, from a single prediction pass.
+
+``infer.decode`` (argmax or regions) changes nothing before the network's class probabilities, so two ablation
+rows that differ only there retrain nothing but still predict every test case twice. This script predicts each
+test case of a finished results folder once (with the folder's own model, TTA and way back), decodes the same
+probabilities both ways, applies the post-processing select_model kept (train/best.json) to each, and scores
+them against the references with the pipeline's scoring: a paired comparison at half the prediction time.
+
+    python benchmarks/decodings.py --results /work/bench/ablation48/pre_64aff79f/results \\
+        --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
+            benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c49_decode_regions.yaml --out decodings.tsv
+
+The post-processing steps are the ones the folder's select_model kept with its own ``infer.decode``; deciding
+them again for the other decoding would predict the holdout again. Runs by hand, on the CPU or a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow_scripts"))
+
+DECODINGS = ("argmax", "regions")
+
+
+def load_config(files: list[str]) -> dict:
+    """The config files merged as Snakemake merges --configfile (later files win, nested keys merged), with the
+    schema's defaults filled in."""
+    from snakemake.utils import validate
+
+    def merge(base: dict, update: dict) -> dict:
+        for key, value in update.items():
+            base[key] = (
+                merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+            )
+        return base
+
+    config: dict = {}
+    for path in files:
+        merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    validate(config, str(REPO / "config" / "schema.yaml"))
+    return config
+
+
+def score_case(case: str, results: Path, models, checkpoint, config: dict, steps: list[str], device) -> list[dict]:
+    import nibabel as nib
+
+    from segflow.cases import load_case
+    from segflow.inference import case_probabilities, probability_labels
+    from segflow.io import read_json
+    from segflow.labelsets import label_tree
+    from segflow.postprocess import apply
+    from segflow.restore import restore_labels, restore_probabilities
+    from segflow.score import score_arrays
+
+    case_dir = results / "preprocessed" / case
+    if not (case_dir / "meta.json").exists():  # a folder run until select_model has not preprocessed its test cases
+        from segflow.preprocess import preprocess_case
+
+        raw = results / "raw" / case
+        cfg = {**config["preprocess"], "modality": config["modality"]}
+        preprocess_case(raw / "imaging.nii.gz", raw / "segmentation.nii.gz", case_dir, cfg)
+    image, _ = load_case(case_dir)
+    meta = read_json(case_dir / "meta.json")
+    infer, regions = config["infer"], config["score"]["regions"]
+    probabilities = case_probabilities(models, image, checkpoint, infer, device)
+    meta["n_classes"] = probabilities.shape[1]
+    reference = nib.load(str(results / "raw" / case / "segmentation.nii.gz"))
+    spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
+    truth = np.asarray(reference.dataobj)
+    rows = []
+    for decode in DECODINGS:
+        tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1])
+        if infer["restore"] == "probabilities":
+            labels = restore_probabilities(probabilities, meta, tree)
+        else:
+            labels = restore_labels(probability_labels(probabilities, tree), meta)
+        labels = apply(labels, steps) if steps else labels
+        rows.append({"case_id": case, "decode": decode, **score_arrays(labels, truth, spacing, config["score"])})
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", required=True, help="a finished results folder (train/best.pt, selection)")
+    parser.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
+    parser.add_argument("--out", required=True, help="per-case scores, one row per case and decoding (TSV)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from segflow.checkpoints import load_models
+    from segflow.device import pick_device
+    from segflow.io import read_json
+
+    torch.set_num_threads(args.threads)
+    results = Path(args.results)
+    config = load_config(args.configfile)
+    device = pick_device(config["infer"]["device"], "infer.device")
+    models, checkpoint = load_models(results / "train" / "best.pt", device)
+    steps = list(read_json(results / "train" / "best.json").get("postprocess") or [])
+    cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
+    test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
+    print(f"{len(test)} test cases, post-processing {steps}, tta {config['infer']['tta']}", flush=True)
+    rows = []
+    for case in test:
+        start = time.time()
+        rows += score_case(case, results, models, checkpoint, config, steps, device)
+        dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-len(DECODINGS) :]}
+        print(f"{case}: tumour Dice {dice} ({time.time() - start:.0f} s)", flush=True)
+        table = pd.DataFrame(rows)
+        table.to_csv(args.out, sep="\t", index=False)  # after every case: a stopped run keeps what it scored
+    columns = [c for c in table.columns if c.startswith(("dice_", "sd_"))]
+    print(table.groupby("decode")[columns].mean().round(3).T.to_string())
+
+
+if __name__ == "__main__":
+    main()
