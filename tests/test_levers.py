@@ -607,6 +607,13 @@ def test_batches_never_mix_the_grids_of_cases_kept_on_their_own_grid(tmp_path):
     assert same_shape_batches(subset, 8) == [[0, 1], [2, 3]]
 
 
+def test_datasets_of_one_patch_size_batch_in_order():
+    # The 3D path validates on fixed patches of one size (no slice grid to read): plain batches, as a DataLoader's.
+    patches = torch.utils.data.TensorDataset(torch.zeros(7, 1, 4, 4, 4))
+    assert slice_shape(patches, 0) is None
+    assert same_shape_batches(patches, 3) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
 def test_crops_of_slices_smaller_than_the_crop_are_padded_to_it(tmp_path):
     dataset = two_grids(tmp_path)
     dataset.transform = build_augmentation({"enabled": False}, patch_size=[24, 24])

@@ -92,10 +92,15 @@ class SliceDataset(torch.utils.data.Dataset):
         return self._foreground
 
 
-def slice_shape(dataset, item: int) -> tuple[int, ...]:
-    """(H, W) of item ``item`` of a SliceDataset or a Subset of one, without reading the slice."""
+def slice_shape(dataset, item: int) -> tuple[int, ...] | None:
+    """(H, W) of item ``item`` of a SliceDataset or a Subset of one, without reading the slice.
+
+    None for any other dataset: the 3D path's validation patches all have the patch size.
+    """
     if isinstance(dataset, torch.utils.data.Subset):
         return slice_shape(dataset.dataset, dataset.indices[item])
+    if not isinstance(dataset, SliceDataset):
+        return None
     case, _ = dataset.index[item]
     return tuple(dataset.cases[case][0].shape[1:])
 
