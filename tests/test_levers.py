@@ -655,3 +655,53 @@ def test_size_null_in_2d_needs_crops_and_windows_and_spacing_needs_an_axis():
     )
     with pytest.raises(ConfigError, match=r"preprocess.spacing \[0, 0, 0\] keeps every axis's own spacing"):
         check_config(config_with_defaults({"preprocess": {"spacing": [0, 0, 0]}}))
+
+
+def test_per_case_class_balance_gives_every_case_of_a_label_an_equal_share():
+    # case 0: kidney and a tumour on 4 slices; case 1: kidney and a tumour on 1 slice, 2 kidney-only slices, 1 empty
+    presence = np.array([[1, 1]] * 4 + [[1, 1], [1, 0], [1, 0], [0, 0]], dtype=bool)
+    cases = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    per_case = class_balanced_weights(presence, cases)
+    # kidney: 2 cases, so 1/2 per case over its 4 or 3 slices; tumour: 1/2 per case over its 4 slices or 1
+    assert per_case[:4] == pytest.approx([1 / 8 + 1 / 8] * 4)
+    assert per_case[4] == pytest.approx(1 / 6 + 1 / 2)
+    assert per_case[5:7] == pytest.approx([1 / 6] * 2)
+    assert per_case[7] == 1.0  # the only empty slice
+    # each label still weighs 1 in all, so the labels stay balanced against each other
+    assert per_case.sum() - per_case[7] == pytest.approx(2.0)
+    # the one-slice tumour is drawn a third of the time; balanced over slices only, a sixth (its 1/5 of the tumour)
+    rng = np.random.default_rng(0)
+    picks = epoch_indices(presence.any(1), 6000, 1.0, rng, weights=per_case)
+    assert 0.31 < np.mean(picks == 4) < 0.36
+    by_slice = class_balanced_weights(presence)
+    assert by_slice[4] / by_slice[:7].sum() == pytest.approx((1 / 7 + 1 / 5) / 2)
+
+
+def test_per_case_class_balance_is_a_config_choice(tmp_path):
+    from segflow.train import sampling_weights
+
+    class Slices:  # the two methods sampling_weights reads
+        def class_presence(self):
+            return np.array([[1, 1], [1, 1], [1, 0], [1, 1]], dtype=bool)
+
+        def item_cases(self):
+            return np.array([0, 0, 0, 1])
+
+    assert sampling_weights(Slices(), False) is None
+    assert sampling_weights(Slices(), True)[3] == pytest.approx(0.25 + 1 / 3)
+    assert sampling_weights(Slices(), "per_case")[3] == pytest.approx(0.5 + 1 / 2)
+
+
+@pytest.mark.parametrize("value", [False, True, "per_case"])
+def test_class_balance_accepts_its_three_settings(value):
+    from helpers import config_with_defaults
+
+    assert config_with_defaults({"train": {"class_balance": value}})["train"]["class_balance"] == value
+
+
+def test_class_balance_rejects_other_settings():
+    from helpers import config_with_defaults
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="class_balance"):
+        config_with_defaults({"train": {"class_balance": "per_slice"}})

@@ -21,6 +21,7 @@ LEVERS = {
         "norm": "instance",
         "context_slices": 3,
         "patch_size": [48, 48],
+        "class_balance": "per_case",
         "lr_schedule": "poly",
         "batch_dice": True,
         "dice_targets": "regions",

@@ -82,6 +82,10 @@ class SliceDataset(torch.utils.data.Dataset):
         """Per item: does the slice contain any foreground label (computed once: it reads every label volume)."""
         return self.class_presence().any(axis=1)
 
+    def item_cases(self) -> np.ndarray:
+        """The case (its index in ``cases``) of every item."""
+        return np.array([case for case, _ in self.index], dtype=int)
+
     def class_presence(self) -> np.ndarray:
         """(items, labels 1..max) bool: which foreground labels each slice shows (one read of every label volume)."""
         if self._foreground is None:
@@ -132,18 +136,33 @@ def _labels_per_slice(label_zhw: np.ndarray) -> np.ndarray:
     )
 
 
-def class_balanced_weights(presence: np.ndarray) -> np.ndarray:
+def class_balanced_weights(presence: np.ndarray, cases: np.ndarray | None = None) -> np.ndarray:
     """Sampling weight per slice so that every foreground label is drawn about equally often.
 
     A slice weighs the sum, over the labels it shows, of 1 / (number of slices showing that label). Tumours and
     cysts fill far fewer slices than kidneys; unweighted, a network sees a tumour slice a few times per epoch and
     learns to call everything kidney. nnU-Net's patch sampler balances classes the same way. Slices without
     labels weigh 1 (they are drawn uniformly within their own group).
+
+    With ``cases`` (the case of each slice), a label's share is split equally among the cases that show it, and
+    each case's part equally among its slices: 1 / (cases showing the label x that case's slices showing it). Per
+    slice, a tumour that fills 60 slices would otherwise be drawn 30 times as often as one that fills 2, and the
+    small lesions, the ones a network misses, would be the ones it rarely sees; nnU-Net's sampler picks the case
+    first. Slices without labels are then drawn equally often from every case, too.
     """
-    counts = presence.sum(axis=0)
-    inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-    weights = presence.astype(float) @ inverse
-    return np.where(presence.any(axis=1), weights, 1.0)
+    cases = np.zeros(len(presence), dtype=int) if cases is None else np.asarray(cases)
+    weights = np.zeros(len(presence))
+    for shown in presence.T:
+        weights[shown] += 1.0 / _case_shares(cases[shown])
+    unlabelled = ~presence.any(axis=1)
+    weights[unlabelled] = unlabelled.sum() / _case_shares(cases[unlabelled])  # 1 each when there is one case
+    return weights
+
+
+def _case_shares(cases: np.ndarray) -> np.ndarray:
+    """Per slice, (number of distinct cases) x (slices of the same case): its inverse gives each case 1 / cases."""
+    _, inverse, counts = np.unique(cases, return_inverse=True, return_counts=True)
+    return len(counts) * counts[inverse]
 
 
 # A lesion is pasted only where the slice shows enough of its host organ to calibrate the intensity against.

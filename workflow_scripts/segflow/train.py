@@ -244,7 +244,7 @@ def _setup_round(
     loss_fn = build_loss(cfg, regions, n_classes).to(device)
     if cfg.get("dice_targets") == "regions":
         log.info("round %d: %s loss, Dice over the regions %s", round_index, cfg["loss"], ", ".join(regions))
-    weights = class_balanced_weights(train_set.class_presence()) if cfg["class_balance"] else None
+    weights = sampling_weights(train_set, cfg["class_balance"])
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
         whole = for_whole_slices(model, model_cfg(cfg))
         hard = hard_slice_weights(whole, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
@@ -266,6 +266,15 @@ def _setup_round(
         weights,
         n_classes,
     )
+
+
+def sampling_weights(train_set: SliceDataset, class_balance) -> np.ndarray | None:
+    """The slice weights of ``train.class_balance``: none (false), labels balanced over slices (true), or labels
+    balanced over the cases that show them and then over their slices (per_case)."""
+    if not class_balance:
+        return None
+    cases = train_set.item_cases() if class_balance == "per_case" else None
+    return class_balanced_weights(train_set.class_presence(), cases)
 
 
 def lesions(train_set: SliceDataset, cfg: dict) -> list[dict]:
