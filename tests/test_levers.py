@@ -10,6 +10,7 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_models, save_checkpoint, save_ensemble
 from segflow.config_checks import check_config
 from segflow.data import (
+    LesionPaste,
     SliceDataset,
     build_augmentation,
     class_balanced_weights,
@@ -19,6 +20,7 @@ from segflow.data import (
     lesion_bank,
     lesion_cuts,
     paste_cut,
+    per_case_cut_weights,
     same_shape_batches,
     slice_shape,
 )
@@ -472,6 +474,7 @@ def test_lesion_bank_keeps_each_lesion_relative_to_its_host_organ(tmp_path):
     cut = bank[0]
     assert cut["mask"].shape == (4, 4) and cut["mask"].all() and (cut["label"] == 2).all()
     assert np.allclose(cut["image"], 0.5 - 0.8)  # stored as the contrast to its kidney
+    assert [c["case"] for c in bank] == [0, 0, 0]  # each cut knows its case (for lesion_paste_balance)
 
 
 def test_pasted_lesion_keeps_its_contrast_to_the_new_host_and_takes_its_labels():
@@ -705,3 +708,25 @@ def test_class_balance_rejects_other_settings():
 
     with pytest.raises(WorkflowError, match="class_balance"):
         config_with_defaults({"train": {"class_balance": "per_slice"}})
+
+
+def test_per_case_lesion_paste_draws_each_cases_lesions_equally_often():
+    # case 0 gave 4 cuts (a lesion on 4 slices), case 1 one cut
+    bank = [{"case": 0, "id": i} for i in range(4)] + [{"case": 1, "id": 4}]
+    assert per_case_cut_weights(bank) == pytest.approx([1 / 8] * 4 + [1 / 2])
+
+    def share_of_case_1(balance: str) -> float:
+        paste = LesionPaste(bank, host_label=1, prob=1.0, balance=balance)
+        paste.set_random_state(seed=0)
+        drawn = []
+        for _ in range(4000):
+            paste.randomize(n_host_pixels=100)
+            drawn.append(paste._cut["case"])
+        return float(np.mean(drawn))
+
+    assert 0.17 < share_of_case_1("cut") < 0.23  # 1 cut in 5
+    assert 0.47 < share_of_case_1("per_case") < 0.53
+    augment = {**config_with_defaults()["train"]["augment"], "lesion_paste_prob": 1.0}
+    assert augment["lesion_paste_balance"] == "cut"  # the schema's default, as before the option
+    built = build_augmentation({**augment, "lesion_paste_balance": "per_case"}, lesions=bank)
+    assert built.transforms[0].cut_weights == pytest.approx(per_case_cut_weights(bank))

@@ -31,7 +31,7 @@ LEVERS = {
         "keep_epoch": "last",
         "postprocess": list(POSTPROCESSING_STEPS),  # every candidate step
         "postprocess_on": "unseen",
-        "augment": {"lesion_paste_prob": 0.5},
+        "augment": {"lesion_paste_prob": 0.5, "lesion_paste_balance": "per_case"},
     },
     "infer": {"tta": True, "restore": "probabilities", "decode": "regions"},
 }

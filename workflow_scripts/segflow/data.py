@@ -179,20 +179,21 @@ def lesion_bank(dataset: SliceDataset, host_label: int) -> list[dict]:
     connected lesion component of a slice, its mask and labels. A lesion is any label other than background and
     ``host_label``; its image is stored relative to the mean of the host organ in the same slice, so that pasted
     into another patient it keeps its contrast to the organ (a lesion as dark as its kidney stays as dark as the
-    new kidney, whatever either patient's enhancement)."""
+    new kidney, whatever either patient's enhancement). Each cut records its ``case`` (index in ``cases``)."""
 
     presence = dataset.class_presence()
     lesion_columns = [c for c in range(presence.shape[1]) if c + 1 != host_label]
     bank = []
     start = 0
-    for image, label in dataset.cases:
+    for case, (image, label) in enumerate(dataset.cases):
         n_slices = image.shape[0]
         rows = np.flatnonzero(presence[start : start + n_slices, lesion_columns].any(axis=1)) if lesion_columns else []
         start += n_slices
         if len(rows) > BANK_SLICES_PER_CASE:
             rows = rows[np.linspace(0, len(rows) - 1, BANK_SLICES_PER_CASE).round().astype(int)]
         for z in rows:
-            bank += lesion_cuts(context_stack(image, z, z + 1, dataset.context)[0], np.asarray(label[z]), host_label)
+            cuts = lesion_cuts(context_stack(image, z, z + 1, dataset.context)[0], np.asarray(label[z]), host_label)
+            bank += [{**cut, "case": case} for cut in cuts]
     return bank
 
 
@@ -227,21 +228,34 @@ def host_mean(image_khw: np.ndarray, host_hw: np.ndarray) -> float:
     return float(image_khw[image_khw.shape[0] // 2][host_hw].mean())
 
 
+def per_case_cut_weights(bank: list[dict]) -> np.ndarray:
+    """Draw probabilities of the bank's cuts that give every case's cuts together the same share."""
+    _, inverse, counts = np.unique([cut["case"] for cut in bank], return_inverse=True, return_counts=True)
+    return 1.0 / (len(counts) * counts[inverse])
+
+
 class LesionPaste(Randomizable):
     """Copy-paste of lesions between patients (TumorCP, Yang et al., MICCAI 2021, on KiTS19): with probability
     ``prob``, a lesion cut from the bank is pasted onto a slice that shows the host organ, centred on a random host
     pixel, randomly mirrored, at the contrast to the host organ it had in its own patient, with soft edges; its
     pixels take the lesion's labels. A few training patients show a few lesions each; pasting shows every kidney
-    with every lesion's shape and contrast. A MONAI Randomizable: ``Compose.set_random_state`` seeds it."""
+    with every lesion's shape and contrast. A MONAI Randomizable: ``Compose.set_random_state`` seeds it.
 
-    def __init__(self, bank: list[dict], host_label: int, prob: float):
+    ``balance``: ``cut`` draws every cut of the bank equally often, so a lesion on many slices is pasted more often
+    than a small one; ``per_case`` draws each case's cuts together as often as any other case's."""
+
+    def __init__(self, bank: list[dict], host_label: int, prob: float, balance: str = "cut"):
         self.bank, self.host_label, self.prob = bank, host_label, prob
+        self.cut_weights = per_case_cut_weights(bank) if balance == "per_case" and bank else None
         self.set_random_state()
 
     def randomize(self, n_host_pixels: int) -> None:
         self._do = bool(self.bank) and self.R.random_sample() < self.prob and n_host_pixels >= MIN_HOST_PIXELS
         if self._do:
-            self._cut = self.bank[self.R.randint(len(self.bank))]
+            if self.cut_weights is None:
+                self._cut = self.bank[self.R.randint(len(self.bank))]
+            else:
+                self._cut = self.bank[self.R.choice(len(self.bank), p=self.cut_weights)]
             self._flips = [axis for axis in (1, 2) if self.R.random_sample() < 0.5]
             self._centre = self.R.randint(n_host_pixels)
 
@@ -323,7 +337,8 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
     steps = []
     if cfg["enabled"] and cfg.get("lesion_paste_prob", 0) > 0 and lesions:
         # Before the crop, so that the crop can centre on a pasted lesion as on a real one.
-        steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"]))
+        balance = cfg.get("lesion_paste_balance", "cut")
+        steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"], balance))
     if patch_size:
         # Slices of cases on their own grid (preprocess.size: null) may be smaller than a crop; padding them with
         # 0 (below the window) and background first keeps every crop, and so every batch, one size.
