@@ -230,8 +230,7 @@ def host_mean(image_khw: np.ndarray, host_hw: np.ndarray) -> float:
 
 def per_case_cut_weights(bank: list[dict]) -> np.ndarray:
     """Draw probabilities of the bank's cuts that give every case's cuts together the same share."""
-    _, inverse, counts = np.unique([cut["case"] for cut in bank], return_inverse=True, return_counts=True)
-    return 1.0 / (len(counts) * counts[inverse])
+    return 1.0 / _case_shares(np.array([cut["case"] for cut in bank]))
 
 
 class LesionPaste(Randomizable):
