@@ -1,17 +1,19 @@
 """Score the ways of decoding one trained model side by side, from a single prediction pass.
 
-``infer.decode`` (argmax or regions) changes nothing before the network's class probabilities, so two ablation
-rows that differ only there retrain nothing but still predict every test case twice. This script predicts each
-test case of a finished results folder once (with the folder's own model, TTA and way back), decodes the same
-probabilities both ways, applies the post-processing select_model kept (train/best.json) to each, and scores
-them against the references with the pipeline's scoring: a paired comparison at half the prediction time.
+``infer.decode`` (argmax or regions) and ``infer.region_thresholds`` change nothing before the network's class
+probabilities, so ablation rows that differ only there retrain nothing but still predict every test case again.
+This script predicts each test case of a finished results folder once (with the folder's own model, TTA and way
+back), decodes the same probabilities every way (the argmax, the regions, and the regions with each combination of
+the config's ``infer.region_thresholds``), applies the post-processing select_model kept (train/best.json) to each,
+and scores them against the references with the pipeline's scoring: a paired comparison at a fraction of the
+prediction time. The ``pipeline`` column marks the decoding the pipeline itself used (best.json's thresholds).
 
     python benchmarks/decodings.py --results /work/bench/ablation48/pre_64aff79f/results \\
         --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
             benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c49_decode_regions.yaml --out decodings.tsv
 
-The post-processing steps are the ones the folder's select_model kept with its own ``infer.decode``; deciding
-them again for the other decoding would predict the holdout again. Runs by hand, on the CPU or a GPU.
+The post-processing steps are the ones the folder's select_model kept with its own decoding; deciding them again
+for each other decoding would predict the holdout again. Runs by hand, on the CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
-
-DECODINGS = ("argmax", "regions")
 
 
 def load_config(files: list[str]) -> dict:
@@ -50,7 +50,25 @@ def load_config(files: list[str]) -> dict:
     return config
 
 
-def score_case(case: str, results: Path, models, checkpoint, config: dict, steps: list[str], device) -> list[dict]:
+def decodings(infer: dict, chosen: dict) -> list[tuple[str, str, dict, bool]]:
+    """(name, infer.decode, thresholds, whether the pipeline decoded so) for every way of decoding to score:
+    the argmax, the regions without thresholds, and the regions with each combination of
+    ``infer.region_thresholds``' candidates (``chosen``: best.json's ``region_thresholds``)."""
+    from segflow.labelsets import threshold_choices
+
+    pipeline_decode = infer["decode"]
+    ways = [("argmax", "argmax", {}), ("regions", "regions", {})]
+    ways += [
+        ("regions " + ", ".join(f"{n} {v:g}" for n, v in c.items()), "regions", c)
+        for c in threshold_choices(infer)
+        if c
+    ]
+    return [(name, decode, c, decode == pipeline_decode and c == chosen) for name, decode, c in ways]
+
+
+def score_case(
+    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], chosen: dict, device
+) -> list[dict]:
     import nibabel as nib
 
     from segflow.cases import load_case
@@ -77,14 +95,15 @@ def score_case(case: str, results: Path, models, checkpoint, config: dict, steps
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     truth = np.asarray(reference.dataobj)
     rows = []
-    for decode in DECODINGS:
-        tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1])
+    for name, decode, thresholds, pipeline in decodings(infer, chosen):
+        tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1], thresholds)
         if infer["restore"] == "probabilities":
             labels = restore_probabilities(probabilities, meta, tree)
         else:
             labels = restore_labels(probability_labels(probabilities, tree), meta)
         labels = apply(labels, steps) if steps else labels
-        rows.append({"case_id": case, "decode": decode, **score_arrays(labels, truth, spacing, config["score"])})
+        scores = score_arrays(labels, truth, spacing, config["score"])
+        rows.append({"case_id": case, "decode": name, "pipeline": pipeline, **scores})
     return rows
 
 
@@ -107,20 +126,22 @@ def main(argv=None) -> None:
     config = load_config(args.configfile)
     device = pick_device(config["infer"]["device"], "infer.device")
     models, checkpoint = load_models(results / "train" / "best.pt", device)
-    steps = list(read_json(results / "train" / "best.json").get("postprocess") or [])
+    best = read_json(results / "train" / "best.json")
+    steps, chosen = list(best.get("postprocess") or []), best.get("region_thresholds") or {}
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
     test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
-    print(f"{len(test)} test cases, post-processing {steps}, tta {config['infer']['tta']}", flush=True)
+    print(f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, tta {config['infer']['tta']}")
+    ways = len(decodings(config["infer"], chosen))
     rows = []
     for case in test:
         start = time.time()
-        rows += score_case(case, results, models, checkpoint, config, steps, device)
-        dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-len(DECODINGS) :]}
+        rows += score_case(case, results, models, checkpoint, config, steps, chosen, device)
+        dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-ways:]}
         print(f"{case}: tumour Dice {dice} ({time.time() - start:.0f} s)", flush=True)
         table = pd.DataFrame(rows)
         table.to_csv(args.out, sep="\t", index=False)  # after every case: a stopped run keeps what it scored
     columns = [c for c in table.columns if c.startswith(("dice_", "sd_"))]
-    print(table.groupby("decode")[columns].mean().round(3).T.to_string())
+    print(table.groupby("decode", sort=False)[columns].mean().round(3).T.to_string())
 
 
 if __name__ == "__main__":

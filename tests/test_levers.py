@@ -25,7 +25,7 @@ from segflow.data import (
     slice_shape,
 )
 from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
-from segflow.labelsets import region_tree
+from segflow.labelsets import region_tree, threshold_choices
 from segflow.losses import RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.preflight import ConfigError
@@ -174,21 +174,56 @@ KITS_REGIONS = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
 
 def test_region_tree_nests_the_scored_regions_and_refuses_overlaps():
     assert region_tree(KITS_REGIONS, 4) == [
-        ((0,), None),
-        ((1, 2, 3), [((1,), None), ((2, 3), [((2,), None), ((3,), None)])]),
+        ((0,), None, None),
+        ((1, 2, 3), [((1,), None, None), ((2, 3), [((2,), None, None), ((3,), None, None)], None)], None),
     ]
-    assert region_tree({}, 3) == [((0,), None), ((1,), None), ((2,), None)]  # no regions: every label on its own
+    assert region_tree({}, 3) == [((0,), None, None), ((1,), None, None), ((2,), None, None)]  # every label alone
     # Disjoint regions are siblings; labels in no region sit beside them, every node in label order.
     assert region_tree({"b": [3], "a": [1, 2]}, 5) == [
-        ((0,), None),
-        ((1, 2), [((1,), None), ((2,), None)]),
-        ((3,), None),
-        ((4,), None),
+        ((0,), None, None),
+        ((1, 2), [((1,), None, None), ((2,), None, None)], None),
+        ((3,), None, None),
+        ((4,), None, None),
     ]
     with pytest.raises(ValueError, match="score.regions.b and score.regions.a overlap"):
         region_tree({"a": [1, 2], "b": [2, 3]}, 4)
     with pytest.raises(ValueError, match=r"score.regions.a holds \[4\], outside the labels 1..3"):
         region_tree({"a": [1, 4]}, 4)
+
+
+def test_region_thresholds_sit_on_their_regions_branches():
+    tree = region_tree(KITS_REGIONS, 4, {"masses": 0.3, "tumor": 0.6})
+    foreground = tree[1]
+    masses = foreground[1][1]
+    assert foreground[2] is None and masses[0] == (2, 3) and masses[2] == 0.3
+    assert masses[1] == [((2,), None, 0.6), ((3,), None, None)]
+    with pytest.raises(ValueError, match=r"infer.region_thresholds names \['lesion'\], which are not in score.regions"):
+        region_tree(KITS_REGIONS, 4, {"lesion": 0.4})
+    assert threshold_choices({"region_thresholds": {}}) == [{}]
+    assert threshold_choices({"region_thresholds": {"masses": [0.5, 0.3], "tumor": [0.5, 0.4]}}) == [
+        {"masses": 0.5, "tumor": 0.5},
+        {"masses": 0.5, "tumor": 0.4},
+        {"masses": 0.3, "tumor": 0.5},
+        {"masses": 0.3, "tumor": 0.4},
+    ]
+
+
+def test_a_region_threshold_moves_the_decision_between_kidney_and_masses():
+    # Columns: background, kidney, tumour, cyst. All four voxels are foreground; their masses' share of the
+    # foreground is 0.25, 0.40, 0.55 and 0.70 (masses all tumour).
+    voxels = [[0.0, 0.75, 0.25, 0.0], [0.0, 0.60, 0.40, 0.0], [0.0, 0.45, 0.55, 0.0], [0.0, 0.30, 0.70, 0.0]]
+    probability = torch.tensor(voxels).T.reshape(1, 4, 1, 4)
+    decode = lambda thresholds: decode_labels(probability, region_tree(KITS_REGIONS, 4, thresholds)).tolist()  # noqa: E731
+    assert decode({}) == [[[1, 1, 2, 2]]]
+    assert decode({"masses": 0.5}) == decode({})  # 0.5 between two branches is the argmax
+    assert decode({"masses": 0.4}) == [[[1, 2, 2, 2]]]  # a share of exactly the threshold reaches it
+    assert decode({"masses": 0.6}) == [[[1, 1, 1, 2]]]  # above 0.5 it asks for more than the argmax does
+    # A threshold on the foreground leaves the decision below it alone.
+    assert decode({"kidney_and_masses": 0.2}) == decode({})
+    # Tumour against cyst: the voxel that is 0.4 tumour, 0.6 cyst of its masses turns tumour at 0.4.
+    split = torch.tensor([[0.0, 0.2, 0.32, 0.48]]).T.reshape(1, 4, 1, 1)
+    assert decode_labels(split, region_tree(KITS_REGIONS, 4)).item() == 3
+    assert decode_labels(split, region_tree(KITS_REGIONS, 4, {"tumor": 0.4})).item() == 2
 
 
 def test_region_decoding_follows_the_regions_where_the_argmax_splits_them():
@@ -231,6 +266,11 @@ def test_region_decoding_is_checked_at_start_up():
         check_config(config_with_defaults({"infer": {"decode": "regions"}, "score": {"regions": {}}}))
     check_config(config_with_defaults({"infer": {"decode": "regions"}}))
     check_config(config_with_defaults({"score": {"regions": {"a": [1, 2], "b": [2, 3]}}}))  # argmax needs no tree
+    check_config(config_with_defaults({"infer": {"decode": "regions", "region_thresholds": {"masses": [0.5, 0.3]}}}))
+    with pytest.raises(ConfigError, match="infer.region_thresholds needs infer.decode: regions"):
+        check_config(config_with_defaults({"infer": {"region_thresholds": {"masses": [0.4]}}}))
+    with pytest.raises(ConfigError, match=r"infer.region_thresholds names \['mass'\]"):
+        check_config(config_with_defaults({"infer": {"decode": "regions", "region_thresholds": {"mass": [0.4]}}}))
 
 
 class Asymmetric(torch.nn.Module):
@@ -708,6 +748,15 @@ def test_class_balance_rejects_other_settings():
 
     with pytest.raises(WorkflowError, match="class_balance"):
         config_with_defaults({"train": {"class_balance": "per_slice"}})
+
+
+@pytest.mark.parametrize("candidates", [[0.0], [1.0], [], 0.4])
+def test_region_thresholds_must_be_lists_of_shares_strictly_between_0_and_1(candidates):
+    from helpers import config_with_defaults
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="region_thresholds"):
+        config_with_defaults({"infer": {"decode": "regions", "region_thresholds": {"masses": candidates}}})
 
 
 def test_per_case_lesion_paste_draws_each_cases_lesions_equally_often():

@@ -33,7 +33,12 @@ LEVERS = {
         "postprocess_on": "unseen",
         "augment": {"lesion_paste_prob": 0.5, "lesion_paste_balance": "per_case"},
     },
-    "infer": {"tta": True, "restore": "probabilities", "decode": "regions"},
+    "infer": {
+        "tta": True,
+        "restore": "probabilities",
+        "decode": "regions",
+        "region_thresholds": {"masses": [0.5, 0.3]},
+    },
 }
 
 
@@ -55,6 +60,11 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     # Round 1 started from round 0, which trained on round 1's validation patients: only the holdout is unseen.
     split_1 = json.loads((results / "train/round_1/split.json").read_text())
     assert summary["postprocess_cases"] == split_1["holdout"] and split_1["holdout"]
+    # Both masses thresholds were tried on those cases, each with its own post-processing decision.
+    assert summary["region_thresholds"]["masses"] in (0.5, 0.3)
+    tried = {row["decoding"] for row in summary["threshold_table"]}
+    assert tried == {"masses 0.5", "masses 0.3"}
+    assert sum(row["chosen"] for row in summary["threshold_table"]) == len(summary["threshold_table"]) // 2
     for round_index in (0, 1):
         log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
@@ -71,7 +81,7 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         saved = nib.load(prediction)
         assert saved.shape == raw.shape and np.array_equal(saved.affine, raw.affine)
         log = (results / "logs/predict_case" / f"{case}.log").read_text()
-        assert "2 model(s), tta True, restore probabilities, decode regions" in log
+        assert "2 model(s), tta True, restore probabilities, decode regions (thresholds {'masses'" in log
     assert (results / "report/report.html").exists()
     check_paired_decodings(workdir, tmp_path / "decodings.tsv")
     # Changing only the way back reruns prediction and what follows it, never training.
@@ -82,8 +92,9 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
 
 
 def check_paired_decodings(workdir, out):
-    """benchmarks/decodings.py on the finished folder: its regions row is the pipeline's own score of each test
-    case (decode regions), and the argmax row, from the same probabilities, is there beside it."""
+    """benchmarks/decodings.py on the finished folder: its pipeline row is the pipeline's own score of each test
+    case (decode regions, the masses threshold select_model chose), and the argmax, the plain regions and every
+    masses threshold, from the same probabilities, are there beside it."""
     spec = importlib.util.spec_from_file_location("decodings", REPO / "benchmarks" / "decodings.py")
     decodings = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(decodings)
@@ -91,10 +102,11 @@ def check_paired_decodings(workdir, out):
     results = workdir / "results"
     decodings.main(["--results", str(results), "--configfile", *map(str, configs), "--out", str(out), "--threads", "1"])
     table = pd.read_csv(out, sep="\t")
-    assert sorted(table["decode"].unique()) == ["argmax", "regions"]
+    assert list(table["decode"].unique()) == ["argmax", "regions", "regions masses 0.5", "regions masses 0.3"]
     for case, rows in table.groupby("case_id"):
         pipeline = json.loads((results / "scores/cases" / f"{case}.json").read_text())["scores"]
-        ours = rows.set_index("decode").loc["regions"]
+        assert rows["pipeline"].sum() == 1  # the thresholds select_model chose
+        ours = rows[rows["pipeline"]].iloc[0]
         for name in ("dice_kidney_and_masses", "dice_masses", "dice_tumor"):
             expected = float("nan") if pipeline[name] is None else pipeline[name]  # JSON writes NaN as null
             assert ours[name] == pytest.approx(expected, abs=1e-9, nan_ok=True)

@@ -479,6 +479,29 @@ def test_decide_rejects_a_step_that_changes_nothing_and_one_that_trades_regions(
     assert steps == []
 
 
+def test_decide_with_decodings_keeps_the_decoding_that_finds_the_lesion_with_its_own_post_processing():
+    """Two decodings of one holdout case: the default misses half the tumour and leaves a far speck; the second
+    (a lower masses threshold, say) finds the whole tumour but adds a speck of its own. Each is scored after the
+    steps decide() keeps for it, and the second wins."""
+    ref = box(two_kidneys(), 2, (8, 14), (14, 20), (8, 14))
+    default = box(ref.copy(), 1, (8, 11), (14, 20), (8, 14))  # half the tumour called kidney
+    lower = box(ref.copy(), 2, (18, 19), (26, 27), (44, 45))  # the whole tumour, and a speck in the other kidney
+    decodings = [("masses 0.5", [default]), ("masses 0.3", [lower])]
+    index, steps, table, rows = pp.decide_with_decodings(decodings, [ref], ["largest_mass"])
+    assert index == 1 and steps == ["largest_mass"]  # the speck goes with the largest-mass step
+    assert {r["step"] for r in table} == {"largest_mass"}
+    scores = {(r["decoding"], r["region"]): r for r in rows}
+    assert scores["masses 0.3", "tumor"]["dice"] == 1.0 and scores["masses 0.3", "tumor"]["chosen"]
+    assert scores["masses 0.5", "tumor"]["dice"] == pytest.approx(2 * 108 / (108 + 216))
+    assert scores["masses 0.5", "masses"]["steps"] == ""  # nothing to remove in the default decoding
+    json.dumps(rows)
+    # A decoding that trades one region for another does not replace the default, nor does an equal one.
+    worse_kidneys = box(lower.copy(), 0, (4, 20), (10, 30), (40, 54))  # finds the tumour, loses the right kidney
+    index, _, _, _ = pp.decide_with_decodings([("a", [default]), ("b", [worse_kidneys])], [ref], [])
+    assert index == 0
+    assert pp.decide_with_decodings([("a", [default]), ("b", [default.copy()])], [ref], [])[0] == 0
+
+
 def test_decide_strict_no_loss_rule():
     """A step whose mean over regions rises is still rejected when one region falls (nnU-Net's rule)."""
     without = {"a": 0.5, "b": 0.5, "c": 0.5}

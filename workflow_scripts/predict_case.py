@@ -6,16 +6,17 @@ from segflow.predict import predict_case
 
 
 def main(smk):
-    steps = read_json(smk.input.summary).get("postprocess", [])
+    summary = read_json(smk.input.summary)
     predict_case(
         smk.input.model,
         smk.input.case,
         smk.input.image,
         smk.output[0],
         smk.params.infer,
-        steps,
+        summary.get("postprocess", []),
         smk.threads,
         smk.params.regions,
+        summary.get("region_thresholds") or {},
     )
 
 

@@ -1,5 +1,6 @@
 """Rule select_model: compare every round on the fixed holdout, keep the best round (or an ensemble of the best
-rounds), and decide the post-processing on the holdout or on every case the kept model never trained on."""
+rounds), and decide the post-processing (and infer.region_thresholds) on the holdout or on every case the kept
+model never trained on."""
 
 import logging
 from pathlib import Path
@@ -53,6 +54,8 @@ def main(smk):
             "postprocess_table": decision["table"],
             "postprocess_on": cfg["postprocess_on"],
             "postprocess_cases": decision["cases"],
+            "region_thresholds": decision["thresholds"],
+            "threshold_table": decision["threshold_table"],
         },
     )
 

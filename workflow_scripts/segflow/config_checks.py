@@ -6,7 +6,7 @@ that the check costs no torch import.
 
 from __future__ import annotations
 
-from segflow.labelsets import allowed_labels, label_tree, n_classes
+from segflow.labelsets import allowed_labels, label_tree, n_classes, threshold_choices
 from segflow.preflight import ConfigError
 
 MODELS_BY_DIMS = {
@@ -92,8 +92,8 @@ def check_config(config: dict) -> None:
             )
         if not score["regions"]:
             raise ConfigError("train.dice_targets is regions but score.regions is empty; name the regions there")
-    try:
-        label_tree(config["infer"], score["regions"], n_classes(config))
+    try:  # the first threshold candidates stand for all: names and the decoding are what can be wrong
+        label_tree(config["infer"], score["regions"], n_classes(config), threshold_choices(config["infer"])[0])
     except ValueError as error:
         raise ConfigError(str(error)) from None
     allowed = set(allowed_labels(config))

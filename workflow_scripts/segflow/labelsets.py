@@ -5,6 +5,8 @@ not from kidney constants. Torch-free: the Snakefile and the report use it.
 
 from __future__ import annotations
 
+import itertools
+
 # Contour colours for labels without one in score.colours (matplotlib's tab10, colour-blind friendlier than RGB).
 FALLBACK_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22")
 
@@ -47,13 +49,16 @@ def headline_column(score_cfg: dict, columns) -> str | None:
     return wanted if wanted in dice else (dice[0] if dice else None)
 
 
-def region_tree(regions: dict, n_classes: int) -> list[tuple[tuple[int, ...], list | None]]:
+def region_tree(regions: dict, n_classes: int, thresholds: dict | None = None) -> list:
     """The label values 0..n_classes-1 as a tree of ``score.regions``, for ``infer.decode: regions``.
 
-    A node is a list of branches ``(labels, children)``, in the order of their lowest label: each label of the node
-    that no smaller region holds (``children`` None), and each largest region inside the node with its own node.
-    KiTS's regions give [(0), (1, 2, 3) -> [(1), (2, 3) -> [(2), (3)]]]. Regions must nest or be disjoint (a
-    tree); a region naming a label outside 1..n_classes-1 is an error too.
+    A node is a list of branches ``(labels, children, threshold)``, in the order of their lowest label: each label
+    of the node that no smaller region holds (``children`` None), and each largest region inside the node with its
+    own node. KiTS's regions give [(0), (1, 2, 3) -> [(1), (2, 3) -> [(2), (3)]]]. Regions must nest or be
+    disjoint (a tree); a region naming a label outside 1..n_classes-1 is an error too. ``thresholds`` (region name
+    -> share in (0, 1), ``infer.region_thresholds``) sets a region's branch ``threshold``: the region is chosen
+    where its share of the node's probability reaches it, and only there (segflow.inference.decode_labels); every
+    other branch's is None.
     """
     sets: dict[frozenset, str] = {}
     for name, members in regions.items():
@@ -68,23 +73,51 @@ def region_tree(regions: dict, n_classes: int) -> list[tuple[tuple[int, ...], li
                     "infer.decode: regions needs regions that nest or are disjoint (or set infer.decode to argmax)"
                 )
         sets.setdefault(labels, name)  # one region under two names is one branch
+    cut = _thresholds_by_labels(regions, thresholds or {})
 
     def node(universe: frozenset) -> list:
         inside = [s for s in sets if s < universe]
         largest = [s for s in inside if not any(s < t for t in inside)]
         held = frozenset().union(*largest)
-        branches = [((v,), None) for v in universe - held]
-        branches += [(tuple(sorted(s)), node(s) if len(s) > 1 else None) for s in largest]
+        branches = [((v,), None, None) for v in universe - held]
+        branches += [(tuple(sorted(s)), node(s) if len(s) > 1 else None, cut.get(s)) for s in largest]
         return sorted(branches, key=lambda branch: branch[0][0])  # ties go to the lowest label, as with argmax
 
     return node(frozenset(range(n_classes)))
 
 
-def label_tree(infer: dict, regions: dict | None, n_classes: int) -> list | None:
-    """The region tree ``infer.decode`` asks for (None: the argmax). ``regions``: ``score.regions``. Raises
+def _thresholds_by_labels(regions: dict, thresholds: dict) -> dict[frozenset, float]:
+    unknown = sorted(set(thresholds) - set(regions))
+    if unknown:
+        raise ValueError(
+            f"infer.region_thresholds names {unknown}, which are not in score.regions {sorted(regions)}; "
+            "use the names of score.regions"
+        )
+    by_labels: dict[frozenset, float] = {}
+    for name, value in thresholds.items():
+        labels = frozenset(int(v) for v in regions[name])
+        if by_labels.get(labels, value) != value:  # one region under two names with two thresholds
+            raise ValueError(f"infer.region_thresholds gives two thresholds to the labels of score.regions.{name}")
+        by_labels[labels] = float(value)
+    return by_labels
+
+
+def label_tree(infer: dict, regions: dict | None, n_classes: int, thresholds: dict | None = None) -> list | None:
+    """The region tree ``infer.decode`` asks for (None: the argmax). ``regions``: ``score.regions``;
+    ``thresholds``: one threshold per region of ``infer.region_thresholds`` (select_model's choice). Raises
     ValueError when decoding through regions that are missing or do not form a tree (checked at start-up too)."""
     if infer["decode"] != "regions":
+        if thresholds:
+            raise ValueError("infer.region_thresholds needs infer.decode: regions; set it or drop the thresholds")
         return None
     if not regions:
         raise ValueError("infer.decode is regions but score.regions is empty; name the regions there or decode argmax")
-    return region_tree(regions, n_classes)
+    return region_tree(regions, n_classes, thresholds)
+
+
+def threshold_choices(infer: dict) -> list[dict[str, float]]:
+    """Every combination of ``infer.region_thresholds``' candidates (region name -> threshold), the first
+    candidates first: the combinations select_model compares on the holdout. [{}] without thresholds."""
+    names = list(infer.get("region_thresholds") or {})
+    lists = [infer["region_thresholds"][name] for name in names]
+    return [dict(zip(names, (float(v) for v in values))) for values in itertools.product(*lists)]

@@ -1,6 +1,7 @@
 """Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, the round (or
-the best rounds, for an ensemble) to keep, and the post-processing steps that help on the fixed holdout, or on
-every trainval case the kept model never trained on (``train.postprocess_on``)."""
+the best rounds, for an ensemble) to keep, and the post-processing steps and region thresholds
+(``infer.region_thresholds``) that help on the fixed holdout, or on every trainval case the kept model never
+trained on (``train.postprocess_on``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
 from segflow.inference import case_probabilities, probability_labels
-from segflow.labelsets import label_tree
+from segflow.labelsets import label_tree, threshold_choices
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -126,30 +127,59 @@ def unseen_cases(case_ids: list[str], splits: list[dict], kept_rounds: list[int]
 def decide_postprocessing(
     checkpoint_path, case_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
 ) -> dict:
-    """Which post-processing steps help on ``case_dirs``: cases the model never trained on (nnU-Net decides on its
-    cross-validation's predictions the same way).
+    """Which post-processing steps, and which of ``infer.region_thresholds``' candidates, help on ``case_dirs``:
+    cases the model never trained on (nnU-Net decides on its cross-validation's predictions the same way).
 
-    The cases are predicted on the preprocessed grid, where their reference labels are, with the same ensemble,
-    mirroring and decoding as the test cases. Returns ``{"steps": [...], "table": [...], "cases": [...]}``.
+    The cases are predicted once on the preprocessed grid, where their reference labels are, with the same
+    ensemble, mirroring and decoding as the test cases, and decoded with every threshold combination; each
+    combination gets its own post-processing decision (segflow.postprocess.decide_with_decodings). Returns
+    ``{"steps", "table", "cases", "thresholds", "threshold_table"}``; ``thresholds`` are the first candidates
+    when there is no case to decide on.
     """
-    from segflow.postprocess import decide
+    from segflow.postprocess import decide_with_decodings
 
-    if not candidates or not case_dirs:
-        if candidates:
+    choices = threshold_choices(infer)
+    undecided = {"steps": [], "table": [], "cases": [], "thresholds": choices[0], "threshold_table": []}
+    if not case_dirs or (not candidates and len(choices) == 1):
+        if not case_dirs and (candidates or len(choices) > 1):
             log.warning(
-                "train.postprocess: no case to decide on (set train.holdout_fraction above 0, or "
-                "train.postprocess_on to unseen); no post-processing"
+                "train.postprocess / infer.region_thresholds: no case to decide on (set train.holdout_fraction "
+                "above 0, or train.postprocess_on to unseen); no post-processing, thresholds %s",
+                choices[0] or "none",
             )
-        return {"steps": [], "table": [], "cases": []}
+        return undecided
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    predictions, references = [], []
+    decoded: list[list[np.ndarray]] = [[] for _ in choices]
+    references = []
     for case_dir in case_dirs:
         image, label = load_case(case_dir)
         probabilities = case_probabilities(models, image, checkpoint, infer, device)
-        predictions.append(probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1])))
+        for labels, thresholds in zip(decoded, choices):
+            labels.append(
+                probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1], thresholds))
+            )
         references.append(np.asarray(label))
-    steps, table = decide(predictions, references, list(candidates), {k: list(v) for k, v in regions.items()})
-    log.info("post-processing decided on %d cases: kept %s of %s", len(case_dirs), steps or "none", candidates)
-    return {"steps": steps, "table": table, "cases": [Path(d).name for d in case_dirs]}
+    region_sets = {k: list(v) for k, v in regions.items()}
+    named = [(_choice_name(c), labels) for c, labels in zip(choices, decoded)]
+    index, steps, table, threshold_table = decide_with_decodings(named, references, list(candidates), region_sets)
+    log.info(
+        "decided on %d cases: thresholds %s of %d combination(s), post-processing %s of %s",
+        len(case_dirs),
+        choices[index] or "none",
+        len(choices),
+        steps or "none",
+        candidates,
+    )
+    return {
+        "steps": steps,
+        "table": table,
+        "cases": [Path(d).name for d in case_dirs],
+        "thresholds": choices[index],
+        "threshold_table": threshold_table if len(choices) > 1 else [],
+    }
+
+
+def _choice_name(thresholds: dict) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "no thresholds"

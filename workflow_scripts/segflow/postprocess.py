@@ -44,6 +44,8 @@ order on top of the steps already kept, and keep it when
 
 (nnU-Net's rule for its foreground step, with a tolerance of 1e-6 so that rounding noise neither adds nor blocks
 a step; a step that changes nothing is not kept). Dice per region follows KiTS: both masks empty gives 1.
+:func:`decide_with_decodings` makes the same choice between decodings of the holdout (``infer.region_thresholds``),
+each scored after the steps :func:`decide` keeps for it.
 
 The module is standalone on purpose (numpy and scipy.ndimage, no other segflow module), so that training,
 prediction and selection code can all import it. Its region table repeats ``segflow.metrics.KITS_REGIONS``.
@@ -439,6 +441,41 @@ def decide(
             chosen.append(step)
             current = trial
     return chosen, table
+
+
+def decide_with_decodings(
+    decodings: Sequence[tuple[Any, Sequence[ArrayOrLoader]]],
+    references: Sequence[ArrayOrLoader],
+    candidates: Sequence[str] = tuple(STEPS),
+    region_sets: Mapping[str, Iterable[int]] = KITS_REGIONS,
+    tolerance: float = DEFAULT_TOLERANCE,
+) -> tuple[int, list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Choose one of several decodings of the same holdout cases, each with the post-processing :func:`decide`
+    keeps for it (``infer.region_thresholds``).
+
+    ``decodings`` are ``(name, predictions)`` pairs, the first the default. Each decoding is scored after its own
+    kept steps, and a later one replaces the one chosen so far by :func:`decide`'s rule: the mean over regions
+    rises by more than ``tolerance`` and no region falls by more. Returns ``(index, steps, table, decodings
+    table)``: the chosen decoding, its steps and decide()'s table for it, and one row per decoding and region
+    (``decoding``, ``steps``, ``region``, ``dice``, ``chosen``).
+    """
+    if not decodings:
+        raise ValueError("decide_with_decodings() needs at least one decoding")
+    results = []
+    for _, predictions in decodings:
+        steps, table = decide(predictions, references, candidates, region_sets, tolerance=tolerance)
+        means = _means(_case_scores(predictions, references, steps, region_sets, dice, {}))
+        results.append((steps, table, means))
+    chosen = 0
+    for index in range(1, len(results)):
+        if _improves(results[chosen][2], results[index][2], tolerance):
+            chosen = index
+    rows = [
+        {"decoding": name, "steps": "+".join(steps), "region": region, "dice": float(value), "chosen": i == chosen}
+        for i, ((name, _), (steps, _, means)) in enumerate(zip(decodings, results))
+        for region, value in means.items()
+    ]
+    return chosen, results[chosen][0], results[chosen][1], rows
 
 
 def _table_rows(

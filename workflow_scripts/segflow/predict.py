@@ -27,28 +27,37 @@ log = logging.getLogger(__name__)
 
 
 def predict_volume(
-    models, case_dir, infer: dict, device: torch.device, context, regions: dict | None = None
+    models, case_dir, infer: dict, device: torch.device, context, regions: dict | None = None, thresholds=None
 ) -> tuple[np.ndarray, dict]:
     """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json.
 
     ``context`` is the checkpoint dictionary of segflow.checkpoints.load_models (or, 2D only, its context_slices);
-    ``regions`` (``score.regions``) are needed with ``infer.decode: regions``."""
+    ``regions`` (``score.regions``) are needed with ``infer.decode: regions``, and ``thresholds`` are the region
+    thresholds select_model chose from ``infer.region_thresholds`` (best.json's ``region_thresholds``)."""
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
     checkpoint = context if isinstance(context, dict) else {"context_slices": context}
     probabilities = case_probabilities(models, image, checkpoint, infer, device)
     meta["n_classes"] = probabilities.shape[1]
-    tree = label_tree(infer, regions, probabilities.shape[1])
+    tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
     if infer["restore"] == "probabilities":
         return restore_probabilities(probabilities, meta, tree), meta
     return restore_labels(probability_labels(probabilities, tree), meta), meta
 
 
 def predict_case(
-    checkpoint_path, case_dir, raw_image_path, output_path, infer: dict, postprocess=(), threads: int = 1, regions=None
+    checkpoint_path,
+    case_dir,
+    raw_image_path,
+    output_path,
+    infer: dict,
+    postprocess=(),
+    threads: int = 1,
+    regions=None,
+    thresholds=None,
 ):
-    """Predict one case and save the label map with the raw image's shape and affine (``regions``: see
-    predict_volume)."""
+    """Predict one case and save the label map with the raw image's shape and affine (``regions``, ``thresholds``:
+    see predict_volume)."""
     import nibabel as nib
 
     from segflow.postprocess import apply as apply_postprocessing
@@ -56,7 +65,7 @@ def predict_case(
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint, regions)
+    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint, regions, thresholds)
     raw = nib.load(str(raw_image_path))
     if list(raw.shape[:3]) != list(labels.shape):
         raise RuntimeError(f"{raw_image_path}: prediction shape {list(labels.shape)} != image {list(raw.shape)}")
@@ -64,12 +73,13 @@ def predict_case(
         labels = apply_postprocessing(labels, list(postprocess))
     save_nifti(output_path, labels, raw.affine)
     log.info(
-        "%s: %d model(s), tta %s, restore %s, decode %s, post-processing %s; labels %s",
+        "%s: %d model(s), tta %s, restore %s, decode %s%s, post-processing %s; labels %s",
         Path(output_path).name,
         len(models),
         infer["tta"],
         infer["restore"],
         infer["decode"],
+        f" (thresholds {thresholds})" if thresholds else "",
         list(postprocess) or "none",
         dict(zip(*map(list, np.unique(labels, return_counts=True)))),
     )

@@ -213,6 +213,11 @@ def inference_line(best: dict, infer: dict) -> str:
         else:
             where = f"the fixed holdout ({n_cases} cases)" if n_cases else "the fixed holdout"
         post += f" (of {', '.join(tried)} tried on {where})"
+    thresholds = best.get("region_thresholds") or {}
+    decoding = ", ".join(f"{name} at {value:g}" for name, value in thresholds.items())
+    tried = len({row["decoding"] for row in best.get("threshold_table") or []})
+    if decoding:
+        way_back += f"; region thresholds {decoding}" + (f" (of {tried} combinations)" if tried > 1 else "")
     return f"{models}; {mirroring}; {way_back}; post-processing: {post}"
 
 
