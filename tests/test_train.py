@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import config_with_defaults, write_case
 
+import segflow.train
 from segflow.curves import plot_curves
 from segflow.data import SliceDataset, build_augmentation, epoch_indices
 from segflow.inference import predict_slices
@@ -11,7 +12,8 @@ from segflow.losses import LOSSES, build_loss
 from segflow.model_selection import select_best_round, unseen_cases
 from segflow.models import MODELS, build_model
 from segflow.preprocess import preprocess_case
-from segflow.train import RoundOutputs, round_split, train_round
+from segflow.seeding import derive_seed
+from segflow.train import RoundOutputs, round_seeds, round_split, train_round, validation_subset
 
 PRE = config_with_defaults({"preprocess": {"crop_margin": 1, "size": [32, 32]}})["preprocess"]
 TRAIN = config_with_defaults(
@@ -145,6 +147,27 @@ def test_rounds_chain_and_are_reproducible(tmp_path):
     model.load_state_dict(torch.load(first.model_best, weights_only=False)["model"])
     labels = predict_slices(model.eval(), np.random.rand(5, 32, 32).astype(np.float32), 2, torch.device("cpu"))
     assert labels.shape == (5, 32, 32) and labels.dtype == np.uint8
+
+
+def test_a_repeat_trains_other_weights_on_the_same_split_and_validation_slices(tmp_path, monkeypatch):
+    assert round_seeds(3, 1, 0) == (derive_seed(3, "train_round", 1),) * 2  # repeat 0: every row so far
+    split_seed, first = round_seeds(3, 1, 1)
+    assert split_seed == derive_seed(3, "train_round", 1) and first != split_seed != round_seeds(3, 1, 2)[1]
+    validation_seeds = []
+
+    def recording_subset(val_set, cfg, seed):
+        validation_seeds.append(seed)
+        return validation_subset(val_set, cfg, seed)
+
+    monkeypatch.setattr(segflow.train, "validation_subset", recording_subset)
+    dirs = make_cases(tmp_path)
+    runs = {repeat: outputs_in(tmp_path / f"repeat{repeat}") for repeat in (0, 1)}
+    for repeat, out in runs.items():
+        train_round(dirs, {c: c for c in dirs}, 0, {**TRAIN, "epochs": 1, "repeat": repeat}, 3, out)
+    assert runs[0].split.read_text() == runs[1].split.read_text()
+    assert validation_seeds == [derive_seed(3, "train_round", 0)] * 2  # the same validation slices
+    weights = [torch.load(out.model_last, weights_only=False)["model"] for out in runs.values()]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_dataloader_workers_are_deterministic(tmp_path):

@@ -202,10 +202,19 @@ def train_round(
     return _finish_round(setup, state, outputs)
 
 
+def round_seeds(seed: int, round_index: int, repeat: int = 0) -> tuple[int, int]:
+    """(split seed, training seed) of a round. The split seed draws what a round is measured on (its validation
+    slices or patches); the training seed its weights, sample order and augmentations. ``train.repeat`` 0 uses
+    the split seed for both, as every round always has; repeat n > 0 draws another training from the same seed on
+    the same split and validation slices: the spread between trainings of one recipe."""
+    split_seed = derive_seed(seed, "train_round", round_index)
+    return split_seed, split_seed if repeat == 0 else derive_seed(split_seed, "repeat", repeat)
+
+
 def _setup_round(
     case_dirs, patients, round_index, cfg, seed, outputs, init_checkpoint, n_classes, regions=None
 ) -> RoundSetup:
-    round_seed = derive_seed(seed, "train_round", round_index)
+    split_seed, round_seed = round_seeds(seed, round_index, cfg["repeat"])
     seed_everything(round_seed)
     case_ids = sorted(case_dirs)
     held_out = holdout_patients([patients[c] for c in case_ids], cfg["holdout_fraction"], seed)
@@ -235,12 +244,12 @@ def _setup_round(
         from segflow.volumes import patch_datasets
 
         train_dirs, val_dirs = [case_dirs[c] for c in train_ids], [case_dirs[c] for c in val_ids]
-        train_set, val_set = patch_datasets(train_dirs, val_dirs, cfg, n_classes, round_seed)
+        train_set, val_set = patch_datasets(train_dirs, val_dirs, cfg, n_classes, split_seed)
     else:
         context = cfg["context_slices"]
         train_set = SliceDataset([case_dirs[c] for c in train_ids], context=context)
         train_set.transform = build_augmentation(cfg["augment"], cfg["patch_size"], n_classes, lesions(train_set, cfg))
-        val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, round_seed)
+        val_set = validation_subset(SliceDataset([case_dirs[c] for c in val_ids], context=context), cfg, split_seed)
     loss_fn = build_loss(cfg, regions, n_classes).to(device)
     if cfg.get("dice_targets") == "regions":
         log.info("round %d: %s loss, Dice over the regions %s", round_index, cfg["loss"], ", ".join(regions))
