@@ -5,8 +5,10 @@ trained on (``train.postprocess_on``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -151,19 +153,23 @@ def decide_postprocessing(
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    decoded: list[list[np.ndarray]] = [[] for _ in choices]
-    references = []
-    for case_dir in case_dirs:
-        image, label = load_case(case_dir)
-        probabilities = case_probabilities(models, image, checkpoint, infer, device)
-        for labels, thresholds in zip(decoded, choices):
-            labels.append(
-                probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1], thresholds))
-            )
-        references.append(np.asarray(label))
     region_sets = {k: list(v) for k, v in regions.items()}
-    named = [(_choice_name(c), labels) for c, labels in zip(choices, decoded)]
-    index, steps, table, threshold_table = decide_with_decodings(named, references, list(candidates), region_sets)
+    # Each decoding of each case waits on disk, and the decision loads one at a time: with several threshold
+    # combinations and 12 long cases the label maps would not all fit in select_model's memory.
+    with tempfile.TemporaryDirectory(prefix="decisions-") as scratch:
+        decoded: list[list] = [[] for _ in choices]
+        references = []
+        for case_dir in case_dirs:
+            image, label = load_case(case_dir)
+            probabilities = case_probabilities(models, image, checkpoint, infer, device)
+            saved = Path(scratch) / Path(case_dir).name
+            for index, thresholds in enumerate(choices):
+                tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
+                decoded[index].append(_saved(f"{saved}_{index}.npy", probability_labels(probabilities, tree)))
+            references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
+            del probabilities
+        named = [(_choice_name(c), labels) for c, labels in zip(choices, decoded)]
+        index, steps, table, threshold_table = decide_with_decodings(named, references, list(candidates), region_sets)
     log.info(
         "decided on %d cases: thresholds %s of %d combination(s), post-processing %s of %s",
         len(case_dirs),
@@ -179,6 +185,12 @@ def decide_postprocessing(
         "thresholds": choices[index],
         "threshold_table": threshold_table if len(choices) > 1 else [],
     }
+
+
+def _saved(path: str, labels: np.ndarray):
+    """Save a label map and return a loader of it (segflow.postprocess accepts zero-argument loaders)."""
+    np.save(path, labels)
+    return functools.partial(np.load, path)
 
 
 def _choice_name(thresholds: dict) -> str:
