@@ -54,21 +54,17 @@ def decodings(infer: dict, chosen: dict) -> list[tuple[str, str, dict, bool]]:
     """(name, infer.decode, thresholds, whether the pipeline decoded so) for every way of decoding to score:
     the argmax, the regions without thresholds, and the regions with each combination of
     ``infer.region_thresholds``' candidates (``chosen``: best.json's ``region_thresholds``)."""
-    from segflow.labelsets import threshold_choices
+    from segflow.labelsets import threshold_choices, threshold_name
 
-    pipeline_decode = infer["decode"]
     ways = [("argmax", "argmax", {}), ("regions", "regions", {})]
-    ways += [
-        ("regions " + ", ".join(f"{n} {v:g}" for n, v in c.items()), "regions", c)
-        for c in threshold_choices(infer)
-        if c
-    ]
-    return [(name, decode, c, decode == pipeline_decode and c == chosen) for name, decode, c in ways]
+    ways += [(f"regions {threshold_name(c)}", "regions", c) for c in threshold_choices(infer) if c]
+    return [(name, decode, c, decode == infer["decode"] and c == chosen) for name, decode, c in ways]
 
 
 def score_case(
-    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], chosen: dict, device
+    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], ways, device
 ) -> list[dict]:
+    """One test case decoded every way of ``ways`` (decodings()), post-processed and scored."""
     import nibabel as nib
 
     from segflow.cases import load_case
@@ -95,7 +91,7 @@ def score_case(
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     truth = np.asarray(reference.dataobj)
     rows = []
-    for name, decode, thresholds, pipeline in decodings(infer, chosen):
+    for name, decode, thresholds, pipeline in ways:
         tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1], thresholds)
         if infer["restore"] == "probabilities":
             labels = restore_probabilities(probabilities, meta, tree)
@@ -131,12 +127,12 @@ def main(argv=None) -> None:
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
     test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
     print(f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, tta {config['infer']['tta']}")
-    ways = len(decodings(config["infer"], chosen))
+    ways = decodings(config["infer"], chosen)
     rows = []
     for case in test:
         start = time.time()
-        rows += score_case(case, results, models, checkpoint, config, steps, chosen, device)
-        dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-ways:]}
+        rows += score_case(case, results, models, checkpoint, config, steps, ways, device)
+        dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-len(ways) :]}
         print(f"{case}: tumour Dice {dice} ({time.time() - start:.0f} s)", flush=True)
         table = pd.DataFrame(rows)
         table.to_csv(args.out, sep="\t", index=False)  # after every case: a stopped run keeps what it scored

@@ -121,3 +121,8 @@ def threshold_choices(infer: dict) -> list[dict[str, float]]:
     names = list(infer.get("region_thresholds") or {})
     lists = [infer["region_thresholds"][name] for name in names]
     return [dict(zip(names, (float(v) for v in values))) for values in itertools.product(*lists)]
+
+
+def threshold_name(thresholds: dict) -> str:
+    """A threshold combination as text ("masses 0.4"), the name select_model's threshold_table gives it."""
+    return ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "no thresholds"

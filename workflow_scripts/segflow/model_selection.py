@@ -20,7 +20,7 @@ from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
 from segflow.inference import case_probabilities, probability_labels
-from segflow.labelsets import label_tree, threshold_choices
+from segflow.labelsets import label_tree, threshold_choices, threshold_name
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -168,7 +168,7 @@ def decide_postprocessing(
                 decoded[index].append(_saved(f"{saved}_{index}.npy", probability_labels(probabilities, tree)))
             references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
             del probabilities
-        named = [(_choice_name(c), labels) for c, labels in zip(choices, decoded)]
+        named = [(threshold_name(c), labels) for c, labels in zip(choices, decoded)]
         index, steps, table, threshold_table = decide_with_decodings(named, references, list(candidates), region_sets)
     log.info(
         "decided on %d cases: thresholds %s of %d combination(s), post-processing %s of %s",
@@ -191,7 +191,3 @@ def _saved(path: str, labels: np.ndarray):
     """Save a label map and return a loader of it (segflow.postprocess accepts zero-argument loaders)."""
     np.save(path, labels)
     return functools.partial(np.load, path)
-
-
-def _choice_name(thresholds: dict) -> str:
-    return ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "no thresholds"

@@ -422,13 +422,18 @@ def decide(
     ``case_deltas``: the change of each case's score, in the order of ``predictions`` (which cases a step helps
     and which it costs).
     """
+    chosen, table, _ = _decide(predictions, references, candidates, region_sets, score_fn, options or {}, tolerance)
+    return chosen, table
+
+
+def _decide(predictions, references, candidates, region_sets, score_fn, options, tolerance):
+    """decide(), plus each region's per-case scores after the kept steps (what decide_with_decodings compares)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not predictions:
         raise ValueError("decide() needs at least one case")
     if not region_sets:
         raise ValueError("decide() needs at least one region")
-    options = options or {}
     _check_steps(candidates, options)
     chosen: list[str] = []
     current = _case_scores(predictions, references, chosen, region_sets, score_fn, options)
@@ -440,7 +445,7 @@ def decide(
         if kept:
             chosen.append(step)
             current = trial
-    return chosen, table
+    return chosen, table, current
 
 
 def decide_with_decodings(
@@ -463,9 +468,8 @@ def decide_with_decodings(
         raise ValueError("decide_with_decodings() needs at least one decoding")
     results = []
     for _, predictions in decodings:
-        steps, table = decide(predictions, references, candidates, region_sets, tolerance=tolerance)
-        means = _means(_case_scores(predictions, references, steps, region_sets, dice, {}))
-        results.append((steps, table, means))
+        steps, table, scores = _decide(predictions, references, candidates, region_sets, dice, {}, tolerance)
+        results.append((steps, table, _means(scores)))
     chosen = 0
     for index in range(1, len(results)):
         if _improves(results[chosen][2], results[index][2], tolerance):
