@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -168,6 +170,33 @@ def test_a_repeat_trains_other_weights_on_the_same_split_and_validation_slices(t
     assert validation_seeds == [derive_seed(3, "train_round", 0)] * 2  # the same validation slices
     weights = [torch.load(out.model_last, weights_only=False)["model"] for out in runs.values()]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curve_there(tmp_path):
+    from segflow.config_checks import check_config
+    from segflow.preflight import ConfigError
+    from segflow.train import holdout_patients
+
+    assert round_split(["a", "b", "c"], ["p", "p", "q"], 2, 0.0, seed=1) == (["a", "b", "c"], [])
+    dirs = make_cases(tmp_path, n=5)
+    patients = {c: c for c in dirs}
+    cfg = {**TRAIN, "val_fraction": 0.0, "holdout_fraction": 0.2, "keep_epoch": "last", "lr_schedule": "poly"}
+    out = outputs_in(tmp_path / "r0")
+    train_round(dirs, patients, 0, cfg, 3, out)
+    split = json.loads(out.split.read_text())
+    (held_out,) = holdout_patients(list(patients.values()), 0.2, 3)
+    assert split["val"] == [] and split["holdout"] == [held_out]
+    assert sorted(split["train"]) == sorted(c for c in dirs if c != held_out)
+    metrics = pd.read_csv(out.metrics)
+    assert metrics["val_loss"].notna().all()  # the curve, drawn on the holdout
+    assert unseen_cases(sorted(dirs), [split], [0]) == [held_out]  # post-processing is still decided on unseen data
+
+    base = {"train": {"val_fraction": 0, "keep_epoch": "last", "lr_schedule": "poly", "patience": 9, "epochs": 9}}
+    check_config(config_with_defaults(base))
+    with pytest.raises(ConfigError, match="train.keep_epoch best, train.patience 5 would"):
+        check_config(config_with_defaults({"train": {**base["train"], "keep_epoch": "best", "patience": 5}}))
+    with pytest.raises(ConfigError, match="so is train.holdout_fraction"):
+        check_config(config_with_defaults({"train": {**base["train"], "holdout_fraction": 0}}))
 
 
 def test_dataloader_workers_are_deterministic(tmp_path):

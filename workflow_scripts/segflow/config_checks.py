@@ -41,6 +41,8 @@ def check_config(config: dict) -> None:
             f"train.val_every is {train['val_every']}, but train.lr_schedule plateau steps on every epoch's validation "
             "loss; set train.lr_schedule to poly or train.val_every to 1"
         )
+    if train["val_fraction"] == 0:
+        _check_no_validation_patients(train)
     if pre["spacing"] is not None and not any(pre["spacing"]):
         raise ConfigError(
             f"preprocess.spacing {pre['spacing']} keeps every axis's own spacing (0 = keep); set it to null, which "
@@ -100,3 +102,28 @@ def check_config(config: dict) -> None:
     unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
     if unknown:
         raise ConfigError(f"score.labels has values {unknown} outside selection.labels {sorted(allowed)}")
+
+
+def _check_no_validation_patients(train: dict) -> None:
+    """train.val_fraction 0 trains on every patient outside the holdout and draws the curve on the holdout, which
+    must then steer nothing: it still decides post-processing and compares rounds as unseen data."""
+    if train["holdout_fraction"] == 0:
+        raise ConfigError(
+            "train.val_fraction is 0 (no validation patients) and so is train.holdout_fraction: nothing is left to "
+            "validate on; set train.holdout_fraction > 0 (the curve is drawn on the holdout) or train.val_fraction > 0"
+        )
+    steering = [
+        f"{key} {train[key]}"
+        for key, ok in (
+            ("keep_epoch", train["keep_epoch"] == "last"),
+            ("lr_schedule", train["lr_schedule"] == "poly"),
+            ("patience", train["patience"] >= train["epochs"]),
+        )
+        if not ok
+    ]
+    if steering:
+        raise ConfigError(
+            f"train.val_fraction is 0, so rounds validate on the fixed holdout, which must not steer training, but "
+            f"{', '.join('train.' + s for s in steering)} would; set train.keep_epoch: last, train.lr_schedule: poly "
+            "and train.patience >= train.epochs, or train.val_fraction > 0"
+        )

@@ -101,8 +101,11 @@ def round_split(
 
     ``folds``: with k = round(1 / val_fraction) folds over one seeded patient order, round r validates on fold
     r mod k, so successive rounds see different validation patients. ``reshuffle``: a fresh seeded draw each
-    round. Either way no patient is ever in both sets of one round.
+    round. Either way no patient is ever in both sets of one round. ``val_fraction`` 0: every patient trains and
+    val is empty (the round then validates on the fixed holdout, see _setup_round).
     """
+    if val_fraction == 0:
+        return list(case_ids), []
     unique = sorted(set(patients))
     if len(unique) < 2:
         raise ValueError(f"need at least 2 trainval patients to split into train and val, got {len(unique)}")
@@ -225,6 +228,11 @@ def _setup_round(
     holdout_ids = [c for c in case_ids if patients[c] in held_out]
     write_json(outputs.split, {"round": round_index, "train": train_ids, "val": val_ids, "holdout": holdout_ids})
     log.info("round %d: %d train cases, val %s, fixed holdout %s", round_index, len(train_ids), val_ids, holdout_ids)
+    if not val_ids:
+        # train.val_fraction 0: every patient outside the holdout trains. The curve is drawn on the holdout, which
+        # no round trains on; config_checks makes sure nothing (epoch, schedule, early stop) is steered by it.
+        val_ids = holdout_ids
+        log.info("round %d: no validation patients (train.val_fraction 0): the holdout draws the curve", round_index)
 
     device = pick_device(cfg["device"])
     dtype = amp_dtype_for(device, cfg, training=True)
