@@ -190,6 +190,9 @@ def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curv
     metrics = pd.read_csv(out.metrics)
     assert metrics["val_loss"].notna().all()  # the curve, drawn on the holdout
     assert unseen_cases(sorted(dirs), [split], [0]) == [held_out]  # post-processing is still decided on unseen data
+    two = {c: dirs[c] for c in ("c0", "c1")}  # too few patients for a holdout: nothing left to validate on
+    with pytest.raises(ValueError, match="train.val_fraction is 0 and the fixed holdout is empty"):
+        train_round(two, {c: c for c in two}, 0, cfg, 3, outputs_in(tmp_path / "two"))
 
     base = {"train": {"val_fraction": 0, "keep_epoch": "last", "lr_schedule": "poly", "patience": 9, "epochs": 9}}
     check_config(config_with_defaults(base))

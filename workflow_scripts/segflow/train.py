@@ -228,6 +228,11 @@ def _setup_round(
     holdout_ids = [c for c in case_ids if patients[c] in held_out]
     write_json(outputs.split, {"round": round_index, "train": train_ids, "val": val_ids, "holdout": holdout_ids})
     log.info("round %d: %d train cases, val %s, fixed holdout %s", round_index, len(train_ids), val_ids, holdout_ids)
+    if not val_ids and not holdout_ids:
+        raise ValueError(
+            f"train.val_fraction is 0 and the fixed holdout is empty ({len(case_ids)} trainval cases leave no holdout "
+            "patient): nothing to validate on; set train.val_fraction > 0 or select more cases"
+        )
     if not val_ids:
         # train.val_fraction 0: every patient outside the holdout trains. The curve is drawn on the holdout, which
         # no round trains on; config_checks makes sure nothing (epoch, schedule, early stop) is steered by it.
