@@ -239,6 +239,7 @@ SELECTION_ONLY_KEYS = (
     "ensemble",
     "postprocess",
     "postprocess_on",
+    "postprocess_prune",
     "keep_epoch",
 )
 TRAIN_ROUND_PARAMS = {

@@ -31,6 +31,7 @@ LEVERS = {
         "keep_epoch": "last",
         "postprocess": list(POSTPROCESSING_STEPS),  # every candidate step
         "postprocess_on": "unseen",
+        "postprocess_prune": True,
         "augment": {"lesion_paste_prob": 0.5, "lesion_paste_balance": "per_case"},
     },
     "infer": {
@@ -57,6 +58,10 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     assert "round 1 starts from" in round_1_log and "round_0/model_last.pt" in round_1_log
     assert set(summary["postprocess"]) <= set(LEVERS["train"]["postprocess"])
     assert {row["step"] for row in summary["postprocess_table"]} == set(LEVERS["train"]["postprocess"])
+    # Pruned: every kept step was tried without, after the greedy pass
+    assert summary["postprocess_prune"] is True
+    pruned = {row["step"] for row in summary["postprocess_table"] if row["pass"] == "prune"}
+    assert set(summary["postprocess"]) <= pruned
     # Round 1 started from round 0, which trained on round 1's validation patients: only the holdout is unseen.
     split_1 = json.loads((results / "train/round_1/split.json").read_text())
     assert summary["postprocess_cases"] == split_1["holdout"] and split_1["holdout"]

@@ -543,3 +543,50 @@ def test_decide_argument_checks():
         pp.decide([two_kidneys()], [two_kidneys()], ["nope"])
     with pytest.raises(ValueError):
         pp.decide([two_kidneys()], [two_kidneys()[:5]], ["largest_foreground"])
+
+
+def specks_holdout():
+    """One case: a tumour in the left kidney, a one-voxel speck of tumour beside it in the same kidney, and a small
+    false mass (8 voxels) in the right kidney. largest_mass_per_kidney removes the speck, large_masses both."""
+    ref = box(two_kidneys(), 2, (8, 12), (14, 18), (8, 12))  # 64 voxels
+    pred = box(ref.copy(), 2, (16, 17), (25, 26), (16, 17))
+    box(pred, 2, (8, 10), (14, 16), (44, 46))
+    return [pred], [ref]
+
+
+def test_decide_prune_drops_a_step_that_a_later_one_makes_redundant():
+    predictions, references = specks_holdout()
+    candidates = ["largest_mass_per_kidney", "large_masses"]
+    greedy, _ = pp.decide(predictions, references, candidates)
+    assert greedy == candidates  # each helps where it is tried
+    steps, table = pp.decide(predictions, references, candidates, prune=True)
+    assert steps == ["large_masses"]
+    pruned = {(r["step"], r["region"]): r for r in table if r["pass"] == "prune"}
+    assert {r["pass"] for r in table} == {"add", "prune"}
+    row = pruned["largest_mass_per_kidney", "masses"]
+    assert not row["kept"] and row["delta"] == 0 and row["applied_before"] == "large_masses"
+    row = pruned["large_masses", "masses"]  # tried without once the other step was dropped: needed
+    assert row["kept"] and row["delta"] > 0 and row["applied_before"] == ""
+    # Where it matters: a cyst beside its tumour in one kidney survives the pruned steps only
+    case = box(box(two_kidneys(), 2, (8, 12), (14, 18), (8, 12)), 3, (14, 17), (20, 23), (14, 17))  # 27 voxels
+    assert (pp.apply(case, greedy) == 3).sum() == 0
+    assert np.array_equal(pp.apply(case, steps), case)
+
+
+def test_decide_prune_keeps_what_each_step_adds_and_changes_nothing_without_redundancy():
+    predictions, references = holdout()
+    options = {"largest_foreground": {"min_fraction": 0.005}}
+    plain = pp.decide(predictions, references, options=options)
+    pruned = pp.decide(predictions, references, options=options, prune=True)
+    assert pruned[0] == plain[0] == ["largest_foreground"]
+    assert pruned[1][: len(plain[1])] == plain[1]  # the greedy pass is unchanged; the prune rows follow it
+    assert [r["kept"] for r in pruned[1][len(plain[1]) :]] == [True] * len(pp.KITS_REGIONS)
+
+
+def test_decide_with_decodings_prunes_each_decoding():
+    predictions, references = specks_holdout()
+    candidates = ["largest_mass_per_kidney", "large_masses"]
+    _, steps, _, rows = pp.decide_with_decodings([("a", predictions)], references, candidates, prune=True)
+    assert steps == ["large_masses"] and {r["steps"] for r in rows} == {"large_masses"}
+    _, steps, _, _ = pp.decide_with_decodings([("a", predictions)], references, candidates)
+    assert steps == candidates

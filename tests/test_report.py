@@ -246,6 +246,8 @@ def test_inference_line_says_where_post_processing_was_decided():
     assert inference_line(unseen, infer).endswith(
         "(of largest_foreground, largest_mass tried on the 3 cases the model never trained on)"
     )
+    pruned = {**with_cases, "postprocess_prune": True}
+    assert inference_line(pruned, infer).endswith("tried on the fixed holdout (2 cases), redundant steps pruned)")
     tried = [{"decoding": "masses 0.5", "region": "masses"}, {"decoding": "masses 0.3", "region": "masses"}]
     thresholds = {**best, "region_thresholds": {"masses": 0.3}, "threshold_table": tried}
     assert "probabilities resampled; region thresholds masses at 0.3 (of 2 combinations); post-processing" in (

@@ -47,8 +47,10 @@ def test_preprocessing_parameter_reruns_preprocessing_onward_for_every_case(tiny
     assert jobs["preprocess_case"] == 4  # every selected case of the tiny config
 
 
-def test_choosing_where_post_processing_is_decided_retrains_nothing(tiny_run):
-    overrides = {"train": {"postprocess": ["largest_foreground"], "postprocess_on": "unseen"}}
+def test_choosing_where_and_how_post_processing_is_decided_retrains_nothing(tiny_run):
+    overrides = {
+        "train": {"postprocess": ["largest_foreground"], "postprocess_on": "unseen", "postprocess_prune": True}
+    }
     jobs = plan(tiny_run, with_overrides(tiny_run, "unseen", overrides))
     assert set(jobs) - {"all"} == {"select_model"} | FROM_PREDICTION
 

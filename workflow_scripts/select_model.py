@@ -42,7 +42,13 @@ def main(smk):
         splits = [read_json(path) for path in smk.input.splits]
         decision_dirs = [case_dirs[c] for c in unseen_cases(sorted(case_dirs), splits, choice["ensemble_rounds"])]
     decision = decide_postprocessing(
-        smk.output.best, decision_dirs, cfg["postprocess"], smk.params.infer, smk.params.regions, smk.threads
+        smk.output.best,
+        decision_dirs,
+        cfg["postprocess"],
+        smk.params.infer,
+        smk.params.regions,
+        smk.threads,
+        prune=cfg["postprocess_prune"],
     )
     write_table(smk.output.rounds, choice["table"])
     summary = {k: v for k, v in choice.items() if k != "table"}
@@ -53,6 +59,7 @@ def main(smk):
             "postprocess": decision["steps"],
             "postprocess_table": decision["table"],
             "postprocess_on": cfg["postprocess_on"],
+            "postprocess_prune": cfg["postprocess_prune"],
             "postprocess_cases": decision["cases"],
             "region_thresholds": decision["thresholds"],
             "threshold_table": decision["threshold_table"],

@@ -127,14 +127,21 @@ def unseen_cases(case_ids: list[str], splits: list[dict], kept_rounds: list[int]
 
 
 def decide_postprocessing(
-    checkpoint_path, case_dirs: list, candidates: list, infer: dict, regions: dict, threads: int = 1
+    checkpoint_path,
+    case_dirs: list,
+    candidates: list,
+    infer: dict,
+    regions: dict,
+    threads: int = 1,
+    prune: bool = False,
 ) -> dict:
     """Which post-processing steps, and which of ``infer.region_thresholds``' candidates, help on ``case_dirs``:
     cases the model never trained on (nnU-Net decides on its cross-validation's predictions the same way).
 
     The cases are predicted once on the preprocessed grid, where their reference labels are, with the same
     ensemble, mirroring and decoding as the test cases, and decoded with every threshold combination; each
-    combination gets its own post-processing decision (segflow.postprocess.decide_with_decodings). Returns
+    combination gets its own post-processing decision (segflow.postprocess.decide_with_decodings; ``prune``:
+    train.postprocess_prune). Returns
     ``{"steps", "table", "cases", "thresholds", "threshold_table"}``; ``thresholds`` are the first candidates
     when there is no case to decide on.
     """
@@ -169,7 +176,9 @@ def decide_postprocessing(
             references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
             del probabilities
         named = [(threshold_name(c), labels) for c, labels in zip(choices, decoded)]
-        index, steps, table, threshold_table = decide_with_decodings(named, references, list(candidates), region_sets)
+        index, steps, table, threshold_table = decide_with_decodings(
+            named, references, list(candidates), region_sets, prune=prune
+        )
     log.info(
         "decided on %d cases: thresholds %s of %d combination(s), post-processing %s of %s",
         len(case_dirs),

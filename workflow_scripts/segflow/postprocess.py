@@ -44,6 +44,12 @@ order on top of the steps already kept, and keep it when
 
 (nnU-Net's rule for its foreground step, with a tolerance of 1e-6 so that rounding noise neither adds nor blocks
 a step; a step that changes nothing is not kept). Dice per region follows KiTS: both masks empty gives 1.
+With ``prune`` (``train.postprocess_prune``) a second pass goes over the kept steps in order and drops each one
+that the others make redundant: no region's mean Dice falls by more than ``tolerance`` without it. The greedy pass
+depends on the order of the candidates: ``largest_mass_per_kidney`` kept first and ``large_masses`` on top can
+score on the holdout exactly as ``large_masses`` alone, and then the holdout has no evidence for the step that
+turns every second lesion of a kidney (a cyst beside its tumour) into kidney. Pruned, the decision keeps the least
+post-processing that scores as well.
 :func:`decide_with_decodings` makes the same choice between decodings of the holdout (``infer.region_thresholds``),
 each scored after the steps :func:`decide` keeps for it.
 
@@ -407,6 +413,7 @@ def decide(
     score_fn: ScoreFn = dice,
     options: Mapping[str, Mapping[str, Any]] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    prune: bool = False,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Choose post-processing steps on a holdout set: greedy, in the order of ``candidates``.
 
@@ -416,17 +423,23 @@ def decide(
     in the same order, arrays or zero-argument callables that load them. ``score_fn(pred_mask, ref_mask)`` scores
     one region of one case (default :func:`dice`; any higher-is-better score works).
 
+    With ``prune``, the kept steps are then tried without, in order, and each one dropped when no region's mean
+    score falls by more than ``tolerance`` without it (see the module docstring).
+
     Returns ``(steps, table)``: the kept step names in order, and one row per candidate and region, with keys
-    ``step``, ``applied_before`` (the steps kept before it, "+"-joined, "" for none), ``region``, ``n_cases``,
-    ``without``, ``with``, ``delta``, ``kept`` (plain str/int/float/bool, ready for JSON or a TSV) and
-    ``case_deltas``: the change of each case's score, in the order of ``predictions`` (which cases a step helps
-    and which it costs).
+    ``step``, ``pass`` ("add"; "prune" for the rows of the second pass), ``applied_before`` (the steps kept before
+    it, "+"-joined, "" for none; in the prune pass, the other steps still kept), ``region``, ``n_cases``,
+    ``without``, ``with`` (the scores without and with the step), ``delta``, ``kept`` (plain str/int/float/bool,
+    ready for JSON or a TSV) and ``case_deltas``: the change of each case's score, in the order of
+    ``predictions`` (which cases a step helps and which it costs).
     """
-    chosen, table, _ = _decide(predictions, references, candidates, region_sets, score_fn, options or {}, tolerance)
+    chosen, table, _ = _decide(
+        predictions, references, candidates, region_sets, score_fn, options or {}, tolerance, prune
+    )
     return chosen, table
 
 
-def _decide(predictions, references, candidates, region_sets, score_fn, options, tolerance):
+def _decide(predictions, references, candidates, region_sets, score_fn, options, tolerance, prune=False):
     """decide(), plus each region's per-case scores after the kept steps (what decide_with_decodings compares)."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
@@ -441,11 +454,29 @@ def _decide(predictions, references, candidates, region_sets, score_fn, options,
     for step in candidates:
         trial = _case_scores(predictions, references, chosen + [step], region_sets, score_fn, options)
         kept = _improves(_means(current), _means(trial), tolerance)
-        table += _table_rows(step, chosen, current, trial, kept)
+        table += _table_rows(step, chosen, current, trial, kept, "add")
         if kept:
             chosen.append(step)
             current = trial
+    if prune:
+        chosen, current = _prune(
+            predictions, references, chosen, current, region_sets, score_fn, options, tolerance, table
+        )
     return chosen, table, current
+
+
+def _prune(predictions, references, chosen, current, region_sets, score_fn, options, tolerance, table):
+    """The second pass of decide(prune=True): each kept step, in order, is dropped when the steps left score as
+    well without it (no region's mean falls by more than ``tolerance``). Appends its rows to ``table``."""
+    for step in list(chosen):
+        others = [s for s in chosen if s != step]
+        trial = _case_scores(predictions, references, others, region_sets, score_fn, options)
+        with_step, without = _means(current), _means(trial)
+        needed = any(without[r] < with_step[r] - tolerance for r in with_step)
+        table += _table_rows(step, others, trial, current, needed, "prune")
+        if not needed:
+            chosen, current = others, trial
+    return chosen, current
 
 
 def decide_with_decodings(
@@ -454,21 +485,22 @@ def decide_with_decodings(
     candidates: Sequence[str] = tuple(STEPS),
     region_sets: Mapping[str, Iterable[int]] = KITS_REGIONS,
     tolerance: float = DEFAULT_TOLERANCE,
+    prune: bool = False,
 ) -> tuple[int, list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """Choose one of several decodings of the same holdout cases, each with the post-processing :func:`decide`
     keeps for it (``infer.region_thresholds``).
 
     ``decodings`` are ``(name, predictions)`` pairs, the first the default. Each decoding is scored after its own
-    kept steps, and a later one replaces the one chosen so far by :func:`decide`'s rule: the mean over regions
-    rises by more than ``tolerance`` and no region falls by more. Returns ``(index, steps, table, decodings
-    table)``: the chosen decoding, its steps and decide()'s table for it, and one row per decoding and region
-    (``decoding``, ``steps``, ``region``, ``dice``, ``chosen``).
+    kept steps (pruned with ``prune``), and a later one replaces the one chosen so far by :func:`decide`'s rule:
+    the mean over regions rises by more than ``tolerance`` and no region falls by more. Returns ``(index, steps,
+    table, decodings table)``: the chosen decoding, its steps and decide()'s table for it, and one row per decoding
+    and region (``decoding``, ``steps``, ``region``, ``dice``, ``chosen``).
     """
     if not decodings:
         raise ValueError("decide_with_decodings() needs at least one decoding")
     results = []
     for _, predictions in decodings:
-        steps, table, scores = _decide(predictions, references, candidates, region_sets, dice, {}, tolerance)
+        steps, table, scores = _decide(predictions, references, candidates, region_sets, dice, {}, tolerance, prune)
         results.append((steps, table, _means(scores)))
     chosen = 0
     for index in range(1, len(results)):
@@ -488,11 +520,13 @@ def _table_rows(
     without: Mapping[str, list[float]],
     with_: Mapping[str, list[float]],
     kept: bool,
+    pass_: str,
 ) -> list[dict[str, Any]]:
     mean_without, mean_with = _means(without), _means(with_)
     return [
         {
             "step": step,
+            "pass": pass_,
             "applied_before": "+".join(before),
             "region": region,
             "n_cases": len(without[region]),

@@ -212,7 +212,8 @@ def inference_line(best: dict, infer: dict) -> str:
             where = f"the {n_cases} cases the model never trained on"
         else:
             where = f"the fixed holdout ({n_cases} cases)" if n_cases else "the fixed holdout"
-        post += f" (of {', '.join(tried)} tried on {where})"
+        pruned = ", redundant steps pruned" if best.get("postprocess_prune") else ""
+        post += f" (of {', '.join(tried)} tried on {where}{pruned})"
     thresholds = best.get("region_thresholds") or {}
     decoding = ", ".join(f"{name} at {value:g}" for name, value in thresholds.items())
     tried = len({row["decoding"] for row in best.get("threshold_table") or []})
