@@ -1,0 +1,156 @@
+"""Post-processing candidates compared on one trained model, from a single prediction pass.
+
+A post-processing step changes nothing before the label maps, so an ablation row that differs from another only in
+``train.postprocess`` (or a step's option) would retrain nothing but still predict the holdout and every test case
+again: an hour a row at 512 x 512 on a CPU. This script predicts once and decides many times.
+
+``labels`` predicts the holdout cases that the folder's select_model decided on (train/best.json's
+``postprocess_cases``, on the preprocessed grid, where select_model decides) and the test cases (restored to the
+raw grid, as predict_case writes them), with the folder's model, TTA and way back, and saves each decoding of each
+case as a .npy label map under ``--out``: the regions (the presets' decoding) and the regions with each masses
+threshold of ``--masses-thresholds``. Cases already saved are skipped, so a stopped run resumes.
+
+``rows`` reads a YAML file of rows (``name: {candidates: [...], options: {step: {arg: value}}, decoding: ...,
+prune: bool}``), decides each row's steps on the saved holdout maps with segflow.postprocess.decide (select_model's
+rule; ``prune``: train.postprocess_prune), applies
+them to the saved test maps and scores them with the pipeline's scoring: one table row per ablation row.
+
+    python benchmarks/postprocess_rows.py labels --results /work/bench/ablation48/pre_a77d58c0/results \\
+        --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
+            benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c62_sample_dice_repeat1.yaml --out labels_c62
+    python benchmarks/postprocess_rows.py rows --labels labels_c62 --rows benchmarks/postprocess_rows.yaml \\
+        --results /work/bench/ablation48/pre_a77d58c0/results --out rows_c62.tsv
+
+Runs by hand, on the CPU or a GPU; never in tests or CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "workflow_scripts"))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+REFERENCE = "reference"  # the folder of the saved reference label maps, beside one folder per decoding
+
+
+def decoding_names(masses_thresholds: list[float]) -> list[tuple[str, dict]]:
+    """(folder name, infer.region_thresholds choice) of every decoding to save: the regions, then each threshold."""
+    return [("regions", {})] + [(f"masses{t:g}", {"masses": float(t)}) for t in masses_thresholds]
+
+
+def save_labels(args) -> None:
+    import nibabel as nib
+    import torch
+    from decodings import load_config
+
+    from segflow.cases import load_case
+    from segflow.checkpoints import load_models
+    from segflow.device import pick_device
+    from segflow.inference import case_probabilities, probability_labels
+    from segflow.io import read_json
+    from segflow.labelsets import label_tree
+    from segflow.restore import restore_probabilities
+
+    torch.set_num_threads(args.threads)
+    results, out = Path(args.results), Path(args.out)
+    config = load_config(args.configfile)
+    infer, regions = config["infer"], config["score"]["regions"]
+    if infer["decode"] != "regions" or infer["restore"] != "probabilities":
+        raise SystemExit("postprocess_rows.py decodes through the regions and restores probabilities, as the presets")
+    device = pick_device(infer["device"], "infer.device")
+    models, checkpoint = load_models(results / "train" / "best.pt", device)
+    holdout = list(read_json(results / "train" / "best.json").get("postprocess_cases") or [])
+    cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
+    test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
+    ways = decoding_names(args.masses_thresholds)
+    for name in [REFERENCE] + [w for w, _ in ways]:
+        (out / name).mkdir(parents=True, exist_ok=True)
+    print(f"{len(holdout)} holdout cases {holdout}, {len(test)} test cases, decodings {[w for w, _ in ways]}")
+    for case in holdout + test:
+        if all((out / name / f"{case}.npy").exists() for name in [REFERENCE] + [w for w, _ in ways]):
+            continue
+        start = time.time()
+        image, label = load_case(results / "preprocessed" / case)
+        probabilities = case_probabilities(models, image, checkpoint, infer, device)
+        if case in holdout:  # select_model decides on the preprocessed grid, against its labels
+            reference = np.asarray(label)
+        else:
+            reference = np.asarray(nib.load(str(results / "raw" / case / "segmentation.nii.gz")).dataobj)
+            meta = read_json(results / "preprocessed" / case / "meta.json")
+            meta["n_classes"] = probabilities.shape[1]
+        for name, thresholds in ways:
+            tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
+            if case in holdout:
+                labels = probability_labels(probabilities, tree)
+            else:
+                labels = restore_probabilities(probabilities, meta, tree)
+            np.save(out / name / f"{case}.npy", labels.astype(np.uint8))
+        np.save(out / REFERENCE / f"{case}.npy", reference.astype(np.uint8))
+        print(f"{case}: {time.time() - start:.0f} s", flush=True)
+    meta = {"holdout": holdout, "test": test, "spacing": {}}
+    for case in test:
+        zooms = nib.load(str(results / "raw" / case / "segmentation.nii.gz")).header.get_zooms()[:3]
+        meta["spacing"][case] = [float(z) for z in zooms]
+    (out / "cases.yaml").write_text(yaml.safe_dump(meta))
+
+
+def score_rows(args) -> None:
+    from decodings import load_config
+
+    from segflow.postprocess import KITS_REGIONS, apply, decide
+    from segflow.score import score_arrays
+
+    labels = Path(args.labels)
+    cases = yaml.safe_load((labels / "cases.yaml").read_text())
+    rows = yaml.safe_load(Path(args.rows).read_text())
+    score_cfg = load_config(args.configfile)["score"]
+    load = lambda way, case: lambda: np.load(labels / way / f"{case}.npy")  # noqa: E731
+    references = [load(REFERENCE, c) for c in cases["holdout"]]
+    table = []
+    for name, row in rows.items():
+        way, options = row.get("decoding", "regions"), row.get("options") or {}
+        predictions = [load(way, c) for c in cases["holdout"]]
+        prune = bool(row.get("prune", False))
+        steps, _ = decide(predictions, references, row["candidates"], KITS_REGIONS, options=options, prune=prune)
+        for case in cases["test"]:
+            predicted = apply(np.load(labels / way / f"{case}.npy"), steps, options)
+            truth = np.load(labels / REFERENCE / f"{case}.npy")
+            scores = score_arrays(predicted, truth, tuple(cases["spacing"][case]), score_cfg)
+            table.append({"row": name, "steps": "+".join(steps), "case_id": case, **scores})
+        mean = pd.DataFrame([r for r in table if r["row"] == name]).filter(like="dice_").mean()
+        print(f"{name}: {'+'.join(steps) or 'none'}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in mean.items()))
+        pd.DataFrame(table).to_csv(args.out, sep="\t", index=False)
+    frame = pd.DataFrame(table)
+    columns = [c for c in frame.columns if c.startswith(("dice_", "sd_"))]
+    print(frame.groupby(["row", "steps"], sort=False)[columns].mean().round(3).to_string())
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    labels = commands.add_parser("labels", help="predict the holdout and test cases once, save the decoded maps")
+    labels.add_argument("--results", required=True, help="a finished results folder (train/best.pt, best.json)")
+    labels.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
+    labels.add_argument("--out", required=True, help="folder of the saved label maps")
+    labels.add_argument("--masses-thresholds", nargs="*", type=float, default=[0.4, 0.3])
+    labels.add_argument("--threads", type=int, default=2)
+    rows = commands.add_parser("rows", help="decide each row's steps on the holdout maps and score the test maps")
+    rows.add_argument("--labels", required=True, help="the folder of `labels`")
+    rows.add_argument("--rows", required=True, help="YAML: row name -> candidates, options, decoding")
+    rows.add_argument("--configfile", nargs="+", default=["config/config.yaml", "config/kits23.yaml"])
+    rows.add_argument("--out", required=True, help="per-case scores of every row (TSV)")
+    args = parser.parse_args(argv)
+    save_labels(args) if args.command == "labels" else score_rows(args)
+
+
+if __name__ == "__main__":
+    main()
