@@ -12,14 +12,14 @@ threshold of ``--masses-thresholds``. Cases already saved are skipped, so a stop
 
 ``rows`` reads a YAML file of rows (``name: {candidates: [...], options: {step: {arg: value}}, decoding: ...,
 prune: bool}``), decides each row's steps on the saved holdout maps with segflow.postprocess.decide (select_model's
-rule; ``prune``: train.postprocess_prune), applies
-them to the saved test maps and scores them with the pipeline's scoring: one table row per ablation row.
+rule; ``prune``: train.postprocess_prune), applies them to the saved test maps and scores them with the pipeline's
+scoring: one table row per ablation row and test case.
 
     python benchmarks/postprocess_rows.py labels --results /work/bench/ablation48/pre_a77d58c0/results \\
         --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
             benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c62_sample_dice_repeat1.yaml --out labels_c62
     python benchmarks/postprocess_rows.py rows --labels labels_c62 --rows benchmarks/postprocess_rows.yaml \\
-        --results /work/bench/ablation48/pre_a77d58c0/results --out rows_c62.tsv
+        --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml --out rows_c62.tsv
 
 Runs by hand, on the CPU or a GPU; never in tests or CI.
 """

@@ -468,13 +468,16 @@ def _decide(predictions, references, candidates, region_sets, score_fn, options,
 def _prune(predictions, references, chosen, current, region_sets, score_fn, options, tolerance, table):
     """The second pass of decide(prune=True): each kept step, in order, is dropped when the steps left score as
     well without it (no region's mean falls by more than ``tolerance``). Appends its rows to ``table``."""
-    for step in list(chosen):
-        others = [s for s in chosen if s != step]
+    index = 0
+    while index < len(chosen):  # by position: a step listed twice among the candidates is tried once per place
+        others = chosen[:index] + chosen[index + 1 :]
         trial = _case_scores(predictions, references, others, region_sets, score_fn, options)
         with_step, without = _means(current), _means(trial)
         needed = any(without[r] < with_step[r] - tolerance for r in with_step)
-        table += _table_rows(step, others, trial, current, needed, "prune")
-        if not needed:
+        table += _table_rows(chosen[index], others, trial, current, needed, "prune")
+        if needed:
+            index += 1
+        else:
             chosen, current = others, trial
     return chosen, current
 
