@@ -27,6 +27,7 @@ Runs by hand, on the CPU or a GPU; never in tests or CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -96,11 +97,11 @@ def save_labels(args) -> None:
             np.save(out / name / f"{case}.npy", labels.astype(np.uint8))
         np.save(out / REFERENCE / f"{case}.npy", reference.astype(np.uint8))
         print(f"{case}: {time.time() - start:.0f} s", flush=True)
-    meta = {"holdout": holdout, "test": test, "spacing": {}}
-    for case in test:
+    listing = {"holdout": holdout, "test": test, "spacing": {}}
+    for case in test:  # headers only: cases saved by an earlier, stopped run count too
         zooms = nib.load(str(results / "raw" / case / "segmentation.nii.gz")).header.get_zooms()[:3]
-        meta["spacing"][case] = [float(z) for z in zooms]
-    (out / "cases.yaml").write_text(yaml.safe_dump(meta))
+        listing["spacing"][case] = [float(z) for z in zooms]
+    (out / "cases.yaml").write_text(yaml.safe_dump(listing))
 
 
 def score_rows(args) -> None:
@@ -113,7 +114,10 @@ def score_rows(args) -> None:
     cases = yaml.safe_load((labels / "cases.yaml").read_text())
     rows = yaml.safe_load(Path(args.rows).read_text())
     score_cfg = load_config(args.configfile)["score"]
-    load = lambda way, case: lambda: np.load(labels / way / f"{case}.npy")  # noqa: E731
+
+    def load(way: str, case: str):  # a loader, as segflow.postprocess.decide accepts: one holdout map in memory
+        return functools.partial(np.load, labels / way / f"{case}.npy")
+
     references = [load(REFERENCE, c) for c in cases["holdout"]]
     table = []
     for name, row in rows.items():
@@ -122,8 +126,7 @@ def score_rows(args) -> None:
         prune = bool(row.get("prune", False))
         steps, _ = decide(predictions, references, row["candidates"], KITS_REGIONS, options=options, prune=prune)
         for case in cases["test"]:
-            predicted = apply(np.load(labels / way / f"{case}.npy"), steps, options)
-            truth = np.load(labels / REFERENCE / f"{case}.npy")
+            predicted, truth = apply(load(way, case)(), steps, options), load(REFERENCE, case)()
             scores = score_arrays(predicted, truth, tuple(cases["spacing"][case]), score_cfg)
             table.append({"row": name, "steps": "+".join(steps), "case_id": case, **scores})
         mean = pd.DataFrame([r for r in table if r["row"] == name]).filter(like="dice_").mean()

@@ -459,15 +459,17 @@ def _decide(predictions, references, candidates, region_sets, score_fn, options,
             chosen.append(step)
             current = trial
     if prune:
-        chosen, current = _prune(
-            predictions, references, chosen, current, region_sets, score_fn, options, tolerance, table
+        chosen, current, rows = _prune(
+            predictions, references, chosen, current, region_sets, score_fn, options, tolerance
         )
+        table += rows
     return chosen, table, current
 
 
-def _prune(predictions, references, chosen, current, region_sets, score_fn, options, tolerance, table):
+def _prune(predictions, references, chosen, current, region_sets, score_fn, options, tolerance):
     """The second pass of decide(prune=True): each kept step, in order, is dropped when the steps left score as
-    well without it (no region's mean falls by more than ``tolerance``). Appends its rows to ``table``."""
+    well without it (no region's mean falls by more than ``tolerance``). Returns (steps, scores, table rows)."""
+    table: list[dict[str, Any]] = []
     index = 0
     while index < len(chosen):  # by position: a step listed twice among the candidates is tried once per place
         others = chosen[:index] + chosen[index + 1 :]
@@ -479,7 +481,7 @@ def _prune(predictions, references, chosen, current, region_sets, score_fn, opti
             index += 1
         else:
             chosen, current = others, trial
-    return chosen, current
+    return chosen, current, table
 
 
 def decide_with_decodings(
