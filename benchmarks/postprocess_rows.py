@@ -13,7 +13,8 @@ threshold of ``--masses-thresholds``. Cases already saved are skipped, so a stop
 ``rows`` reads a YAML file of rows (``name: {candidates: [...], options: {step: {arg: value}}, decoding: ...,
 prune: bool}``), decides each row's steps on the saved holdout maps with segflow.postprocess.decide (select_model's
 rule; ``prune``: train.postprocess_prune), applies them to the saved test maps and scores them with the pipeline's
-scoring: one table row per ablation row and test case.
+scoring: one table row per ablation row and test case. A row with ``decodings: [regions, masses0.4, ...]`` lets
+the holdout choose the decoding too (decide_with_decodings, select_model's rule for infer.region_thresholds).
 
     python benchmarks/postprocess_rows.py labels --results /work/bench/ablation48/pre_a77d58c0/results \\
         --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
@@ -107,7 +108,7 @@ def save_labels(args) -> None:
 def score_rows(args) -> None:
     from decodings import load_config
 
-    from segflow.postprocess import KITS_REGIONS, apply, decide
+    from segflow.postprocess import KITS_REGIONS, apply, decide, decide_with_decodings
     from segflow.score import score_arrays
 
     labels = Path(args.labels)
@@ -121,20 +122,30 @@ def score_rows(args) -> None:
     references = [load(REFERENCE, c) for c in cases["holdout"]]
     table = []
     for name, row in rows.items():
-        way, options = row.get("decoding", "regions"), row.get("options") or {}
-        predictions = [load(way, c) for c in cases["holdout"]]
-        prune = bool(row.get("prune", False))
-        steps, _ = decide(predictions, references, row["candidates"], KITS_REGIONS, options=options, prune=prune)
+        options, prune = row.get("options") or {}, bool(row.get("prune", False))
+        if "decodings" in row:  # the holdout chooses the decoding too, as select_model with region_thresholds lists
+            if options:
+                raise SystemExit(f"row {name}: options and decodings together are not supported")
+            ways = row["decodings"]
+            decodings = [(w, [load(w, c) for c in cases["holdout"]]) for w in ways]
+            index, steps, _, _ = decide_with_decodings(
+                decodings, references, row["candidates"], KITS_REGIONS, prune=prune
+            )
+            way = ways[index]
+        else:
+            way = row.get("decoding", "regions")
+            predictions = [load(way, c) for c in cases["holdout"]]
+            steps, _ = decide(predictions, references, row["candidates"], KITS_REGIONS, options=options, prune=prune)
         for case in cases["test"]:
             predicted, truth = apply(load(way, case)(), steps, options), load(REFERENCE, case)()
             scores = score_arrays(predicted, truth, tuple(cases["spacing"][case]), score_cfg)
-            table.append({"row": name, "steps": "+".join(steps), "case_id": case, **scores})
+            table.append({"row": name, "decoding": way, "steps": "+".join(steps), "case_id": case, **scores})
         mean = pd.DataFrame([r for r in table if r["row"] == name]).filter(like="dice_").mean()
-        print(f"{name}: {'+'.join(steps) or 'none'}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in mean.items()))
+        print(f"{name}: {way}: {'+'.join(steps) or 'none'}: " + ", ".join(f"{k[5:]} {v:.3f}" for k, v in mean.items()))
         pd.DataFrame(table).to_csv(args.out, sep="\t", index=False)
     frame = pd.DataFrame(table)
     columns = [c for c in frame.columns if c.startswith(("dice_", "sd_"))]
-    print(frame.groupby(["row", "steps"], sort=False)[columns].mean().round(3).to_string())
+    print(frame.groupby(["row", "decoding", "steps"], sort=False)[columns].mean().round(3).to_string())
 
 
 def main(argv=None) -> None:
