@@ -1,4 +1,6 @@
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -172,7 +174,7 @@ def test_a_repeat_trains_other_weights_on_the_same_split_and_validation_slices(t
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
-def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curve_there(tmp_path):
+def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curve_there(tmp_path, caplog):
     from segflow.config_checks import check_config
     from segflow.preflight import ConfigError
     from segflow.train import holdout_patients
@@ -182,7 +184,10 @@ def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curv
     patients = {c: c for c in dirs}
     cfg = {**TRAIN, "val_fraction": 0.0, "holdout_fraction": 0.2, "keep_epoch": "last", "lr_schedule": "poly"}
     out = outputs_in(tmp_path / "r0")
-    train_round(dirs, patients, 0, cfg, 3, out)
+    with caplog.at_level(logging.INFO, logger="segflow.train"):
+        train_round(dirs, patients, 0, cfg, 3, out)
+    # The log names the model select_model will take (model_last.pt), not the lowest-loss epoch's.
+    assert re.search(r"round 0: kept its last epoch, \d+ \(train.keep_epoch: last\); lowest validation", caplog.text)
     split = json.loads(out.split.read_text())
     (held_out,) = holdout_patients(list(patients.values()), 0.2, 3)
     assert split["val"] == [] and split["holdout"] == [held_out]

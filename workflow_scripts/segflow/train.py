@@ -729,7 +729,17 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
     metrics = pd.DataFrame(state.rows)
     write_table(outputs.metrics, metrics, sep=",")
     shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
-    log.info("round %d: kept epoch %d (val loss %.4f)", setup.round_index, state.best_epoch + 1, state.best_loss)
+    if cfg["keep_epoch"] == "last":  # select_model takes model_last.pt; model_best.pt is then only on record
+        kept = f"its last epoch, {state.rows[-1]['epoch'] + 1} (train.keep_epoch: last)"
+    else:
+        kept = f"epoch {state.best_epoch + 1}"
+    log.info(
+        "round %d: kept %s; lowest validation loss %.4f at epoch %d (model_best.pt)",
+        setup.round_index,
+        kept,
+        state.best_loss,
+        state.best_epoch + 1,
+    )
     return metrics
 
 
