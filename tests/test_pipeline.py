@@ -61,6 +61,12 @@ def test_rounds_are_compared_and_the_lowest_val_loss_kept(finished_run):
     assert best["select_by"] == "val_loss"
     assert best["round"] == int(rounds.loc[rounds["val_loss"].idxmin(), "round"])
     assert not list(train.glob("round_*/resume")), "a completed round keeps no resume state"
+    # The logs say which epoch became the model: training names both checkpoints, select_model the one it took.
+    epoch = int(rounds.set_index("round").loc[best["round"], "best_epoch"]) + 1
+    selected = (finished_run / "results/logs/select_model/select_model.log").read_text()
+    assert f"selected round {best['round']} by val_loss: its epoch {epoch} (train.keep_epoch best)" in selected
+    trained = (finished_run / f"results/logs/train_round/round_{best['round']}.log").read_text()
+    assert f"at epoch {epoch} (model_best.pt); last epoch " in trained
 
 
 def test_summary_table_per_region_and_label(finished_run):

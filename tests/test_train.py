@@ -186,8 +186,8 @@ def test_no_validation_patients_trains_on_all_but_the_holdout_and_draws_the_curv
     out = outputs_in(tmp_path / "r0")
     with caplog.at_level(logging.INFO, logger="segflow.train"):
         train_round(dirs, patients, 0, cfg, 3, out)
-    # The log names the model select_model will take (model_last.pt), not the lowest-loss epoch's.
-    assert re.search(r"round 0: kept its last epoch, \d+ \(train.keep_epoch: last\); lowest validation", caplog.text)
+    # The log names both checkpoints; which one is the round's model is select_model's choice (train.keep_epoch).
+    assert re.search(r"round 0: lowest validation loss \S+ at epoch \d+ \(model_best.pt\); last epoch 2 ", caplog.text)
     split = json.loads(out.split.read_text())
     (held_out,) = holdout_patients(list(patients.values()), 0.2, 3)
     assert split["val"] == [] and split["holdout"] == [held_out]

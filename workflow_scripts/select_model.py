@@ -31,7 +31,15 @@ def main(smk):
         cfg["ensemble"],
         cfg["keep_epoch"],
     )
-    logging.info("selected round %d by %s (val loss %.4f)", choice["round"], choice["select_by"], choice["val_loss"])
+    epoch = int(choice["table"].set_index("round").loc[choice["round"], "best_epoch"]) + 1
+    logging.info(
+        "selected round %d by %s: its epoch %d (train.keep_epoch %s), val loss %.4f",
+        choice["round"],
+        choice["select_by"],
+        epoch,
+        choice["keep_epoch"],
+        choice["val_loss"],
+    )
     if len(choice["ensemble"]) > 1:
         logging.info("ensemble of rounds %s (mean softmax)", choice["ensemble_rounds"])
         save_ensemble(smk.output.best, choice["ensemble"])

@@ -729,16 +729,14 @@ def _finish_round(setup: RoundSetup, state: RoundState, outputs: RoundOutputs) -
     metrics = pd.DataFrame(state.rows)
     write_table(outputs.metrics, metrics, sep=",")
     shutil.rmtree(outputs.resume_state.parent, ignore_errors=True)
-    if cfg["keep_epoch"] == "last":  # select_model takes model_last.pt; model_best.pt is then only on record
-        kept = f"its last epoch, {state.rows[-1]['epoch'] + 1} (train.keep_epoch: last)"
-    else:
-        kept = f"epoch {state.best_epoch + 1}"
+    # Which of the two is the round's model is train.keep_epoch's choice, made by select_model: that key is not
+    # part of training's config, so that changing it retrains nothing.
     log.info(
-        "round %d: kept %s; lowest validation loss %.4f at epoch %d (model_best.pt)",
+        "round %d: lowest validation loss %.4f at epoch %d (model_best.pt); last epoch %d (model_last.pt)",
         setup.round_index,
-        kept,
         state.best_loss,
         state.best_epoch + 1,
+        state.rows[-1]["epoch"] + 1,
     )
     return metrics
 
