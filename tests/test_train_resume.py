@@ -41,9 +41,10 @@ def delete_outputs(out):
         Path(path).unlink(missing_ok=True)
 
 
-def test_sigkill_mid_round_then_rerun_resumes_and_matches(tmp_path, caplog):
+@pytest.mark.parametrize("ema_decay", [0, 0.9], ids=["trained_weights", "weight_average"])
+def test_sigkill_mid_round_then_rerun_resumes_and_matches(tmp_path, caplog, ema_decay):
     dirs = make_cases(tmp_path)
-    cfg = {**TRAIN, "epochs": 6, "samples_per_epoch": 16}
+    cfg = {**TRAIN, "epochs": 6, "samples_per_epoch": 16, "ema_decay": ema_decay}
     interrupted = tmp_path / "interrupted"
     process = start_round(tmp_path, dirs, cfg, interrupted)
     process.kill()
@@ -63,10 +64,13 @@ def test_sigkill_mid_round_then_rerun_resumes_and_matches(tmp_path, caplog):
 
     uninterrupted = tmp_path / "uninterrupted"
     train_round(dirs, {c: c for c in dirs}, 0, cfg, SEED, outputs_in(uninterrupted))
-    for name in ("model_last.pt", "model_best.pt"):
-        resumed = torch.load(interrupted / name, weights_only=False)["model"]
-        reference = torch.load(uninterrupted / name, weights_only=False)["model"]
-        assert all(torch.equal(resumed[k], reference[k]) for k in reference), name
+    compared = [("model_last.pt", "model"), ("model_best.pt", "model")]
+    if ema_decay:
+        compared.append(("model_last.pt", "trained_model"))  # and the weights the average follows
+    for name, key in compared:
+        resumed = torch.load(interrupted / name, weights_only=False)[key]
+        reference = torch.load(uninterrupted / name, weights_only=False)[key]
+        assert all(torch.equal(resumed[k], reference[k]) for k in reference), (name, key)
     without_time = lambda folder: pd.read_csv(folder / "metrics.csv").drop(columns="seconds")  # noqa: E731
     assert without_time(interrupted).equals(without_time(uninterrupted))
     assert len(without_time(interrupted)) == cfg["epochs"]

@@ -53,7 +53,8 @@ def load_models(checkpoint_path, device: torch.device) -> tuple[list[torch.nn.Mo
 
 
 # What prediction needs of a round's model_best.pt or model_last.pt; model_last.pt also holds the optimiser,
-# scheduler and random states to resume from, which a kept model does not carry along.
+# scheduler and random states to resume from (and with train.ema_decay the trained weights, whose average is
+# "model"), which a kept model does not carry along.
 CHECKPOINT_KEYS = ("model", "model_cfg", "n_classes", "round", "epoch", "val_loss", "val_dice")
 
 

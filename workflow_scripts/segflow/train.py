@@ -148,6 +148,13 @@ class RoundSetup:
     sample_weights: np.ndarray | None
     n_classes: int
     class_names: dict = field(default_factory=lambda: dict(CLASS_NAMES))
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # train.ema_decay > 0: the average of the weights
+
+    @property
+    def kept_model(self) -> torch.nn.Module:
+        """The network the round validates, keeps and hands on: the weights' moving average when train.ema_decay
+        is on, else the trained weights themselves."""
+        return self.model if self.ema is None else self.ema.module
 
 
 @dataclass
@@ -197,7 +204,7 @@ def train_round(
         state = _resume(setup, outputs.resume_state, fingerprint)
         while state.next_epoch < cfg["epochs"] and state.stale < cfg["patience"]:
             validate = validates(state.next_epoch, state.stale, cfg)
-            state.record(_run_epoch(setup, state.next_epoch, validate), setup.model)
+            state.record(_run_epoch(setup, state.next_epoch, validate), setup.kept_model)
             write_table(outputs.metrics, pd.DataFrame(state.rows), sep=",")  # readable while the round runs
             _save_state(setup, state, outputs.resume_state, fingerprint)
             if state.stale >= cfg["patience"]:
@@ -250,6 +257,7 @@ def _setup_round(
     if device.type == "cuda":
         model = model.to(memory_format=_channels_last(cfg))  # faster convolutions on tensor cores
     optimiser = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    ema = weight_average(model, cfg["ema_decay"])
     scheduler = build_scheduler(optimiser, cfg)
     # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -287,7 +295,30 @@ def _setup_round(
         train_set.transform,
         weights,
         n_classes,
+        ema=ema,
     )
+
+
+def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights (train.ema_decay; None when 0).
+
+    The decay ramps up as (1 + n) / (10 + n) after n updates, up to ``decay``: a fixed 0.999 from the first step
+    would carry the random initial weights for thousands of steps, longer than a short CPU training lasts.
+    Buffers are averaged too (use_buffers), so that a network with batch norm keeps statistics that match its
+    averaged weights; integer buffers (batch counts) are copied.
+    """
+    if not decay:
+        return None
+
+    @torch.no_grad()
+    def update(averaged: list, current: list, count: torch.Tensor) -> None:
+        if not torch.is_floating_point(averaged[0]):
+            torch._foreach_copy_(averaged, current)
+            return
+        steps = int(count)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + steps) / (10.0 + steps)))
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
 def sampling_weights(train_set: SliceDataset, class_balance) -> np.ndarray | None:
@@ -417,7 +448,7 @@ def _run_epoch(setup: RoundSetup, epoch: int, validate: bool = True) -> dict:
 
 def _validate(setup: RoundSetup) -> Scores:
     # Validation sees whole slices, as inference does (in windows of the crop size for a crop-trained network).
-    whole = for_whole_slices(setup.model, model_cfg(setup.cfg))
+    whole = for_whole_slices(setup.kept_model, model_cfg(setup.cfg))
     return evaluate(
         whole,
         setup.val_set,
@@ -463,6 +494,8 @@ def _train_epoch(setup: RoundSetup, indices: np.ndarray, epoch_seed: int) -> tup
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         setup.scaler.step(setup.optimiser)
         setup.scaler.update()
+        if setup.ema is not None:
+            setup.ema.update_parameters(model)
         total += loss.item() * len(images)
         count += len(images)
         pred, ref = _predicts_foreground(main_output(logits.detach(), labels)), labels[:, 0] > 0
@@ -629,9 +662,15 @@ def _training_state(setup: RoundSetup, state: RoundState, fingerprint: dict | No
 
     The sampler and the MONAI augmentations are reseeded from (seed, round, epoch) at every epoch start, so the
     epoch number is their state; the global generators are saved for anything else that draws from them.
+    ``model`` is the kept model (the weights' average with train.ema_decay, which then adds the trained weights
+    the optimiser state belongs to, and the average's update count).
     """
+    averaged = {}
+    if setup.ema is not None:
+        averaged = {"trained_model": setup.model.state_dict(), "ema_updates": int(setup.ema.n_averaged)}
     return {
-        "model": setup.model.state_dict(),
+        "model": setup.kept_model.state_dict(),
+        **averaged,
         "model_cfg": model_cfg(setup.cfg),
         "n_classes": setup.n_classes,
         "optimiser": setup.optimiser.state_dict(),
@@ -670,7 +709,10 @@ def _resume(setup: RoundSetup, path: Path, fingerprint: dict) -> RoundState:
         )
         path.unlink()
         return RoundState()
-    setup.model.load_state_dict(saved["model"])
+    setup.model.load_state_dict(saved.get("trained_model", saved["model"]))
+    if setup.ema is not None:
+        setup.ema.module.load_state_dict(saved["model"])
+        setup.ema.n_averaged.fill_(saved["ema_updates"])
     setup.optimiser.load_state_dict(saved["optimiser"])
     setup.scheduler.load_state_dict(saved["scheduler"])
     setup.scaler.load_state_dict(saved["scaler"])
