@@ -1,4 +1,4 @@
-"""Tests of segflow.postprocess on hand-made label maps: the four steps, apply() and the holdout decision.
+"""Tests of segflow.postprocess on hand-made label maps: the steps, apply() and the holdout decision.
 
 Label maps are (z, y, x) blocks of a few thousand voxels: kidneys are boxes, masses small boxes on or off them.
 """
@@ -322,6 +322,38 @@ def test_one_label_per_mass_calls_a_tie_tumour_and_leaves_labels_without_masses_
     np.testing.assert_array_equal(pp.one_label_per_mass(two_kidneys()), two_kidneys())
     labels_2d = np.array([[0, 1, 2, 3], [0, 1, 3, 3]], np.uint8)
     np.testing.assert_array_equal(pp.one_label_per_mass(labels_2d), [[0, 1, 3, 3], [0, 1, 3, 3]])
+
+
+# --- one_tumour --------------------------------------------------------------------------------------------------
+
+
+def test_one_tumour_keeps_the_largest_mass_and_calls_the_others_cysts():
+    labels = two_kidneys()
+    box(labels, 2, (8, 12), (14, 17), (8, 11))  # left kidney: a tumour of 36 with ...
+    box(labels, 3, (9, 10), (15, 16), (9, 11))  # ... 2 cyst voxels inside, which it keeps
+    box(labels, 2, (8, 10), (14, 16), (44, 46))  # right kidney: a tumour of 8 touching ...
+    box(labels, 3, (8, 9), (14, 16), (46, 48))  # ... a cyst of 4: one smaller mass
+    box(labels, 2, (16, 17), (25, 26), (15, 16))  # a lone tumour voxel in the left kidney
+    out = pp.one_tumour(labels)
+    np.testing.assert_array_equal(out[8:12, 14:17, 8:11], labels[8:12, 14:17, 8:11])
+    assert (out[8:10, 14:16, 44:46] == 3).all() and (out[8, 14:16, 46:48] == 3).all() and out[16, 25, 15] == 3
+    np.testing.assert_array_equal(out == 1, labels == 1)  # kidney untouched
+    np.testing.assert_array_equal(np.isin(out, (2, 3)), np.isin(labels, (2, 3)))  # masses region untouched
+    assert out.dtype == labels.dtype and labels[16, 25, 15] == 2  # a new array; the input is unchanged
+
+
+def test_one_tumour_matches_a_loop_over_components_and_leaves_one_mass_alone():
+    rng = np.random.default_rng(7)
+    for trial in range(5):
+        labels = random_labels(rng, 0.002)
+        masses, n = ndimage.label(np.isin(labels, (2, 3)), structure=np.ones((3, 3, 3)))
+        sizes = np.bincount(masses.ravel(), minlength=n + 1)[1:]
+        largest = 1 + int(np.argmax(sizes))  # the first of equal sizes, in raster order, as the step breaks ties
+        expected = np.where((labels == 2) & (masses != largest), 3, labels)
+        np.testing.assert_array_equal(pp.one_tumour(labels), expected, err_msg=str(trial))
+    single = box(two_kidneys(), 2, (8, 12), (14, 17), (8, 11))
+    np.testing.assert_array_equal(pp.one_tumour(single), single)
+    np.testing.assert_array_equal(pp.one_tumour(two_kidneys()), two_kidneys())
 
 
 # --- apply -------------------------------------------------------------------------------------------------------

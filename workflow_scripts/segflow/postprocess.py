@@ -1,6 +1,6 @@
 """Post-processing of predicted KiTS label maps, and its decision on a fixed holdout (nnU-Net style).
 
-Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Seven steps, each a function from a label map to a new label map
+Labels: 0 background, 1 kidney, 2 tumour, 3 cyst. Eight steps, each a function from a label map to a new label map
 of the same shape and dtype (the input is never modified):
 
 * ``largest_foreground`` (:func:`keep_largest_foreground`): connected components of the foreground (labels > 0,
@@ -34,6 +34,12 @@ of the same shape and dtype (the input is never modified):
   with the Dice over the regions (where tumour and cyst share the masses region) scatters cyst voxels through a
   tumour and back; a lesion is one thing. Only labels 2 and 3 trade places: kidney and the masses region are
   unchanged. A cyst that touches a tumour becomes part of it, so the holdout decides.
+* ``one_tumour`` (:func:`one_tumour`): only the volume's largest mass component may be tumour; every other mass
+  becomes cyst. In the KiTS23 label maps of the benchmark's 36 trainval cases the largest mass is always a tumour,
+  and 26 of the 28 masses of 0.1 ml or more beside it are cysts (2 cases have a second tumour); a 2D network
+  finds such cysts but calls much of them tumour. Kidney and the masses region are unchanged (a false
+  second mass stays a mass); only the tumour region loses the smaller masses. A real second tumour becomes cyst,
+  so the holdout decides.
 
 :func:`decide` chooses which steps to use from predictions and references of a holdout set, as nnU-Net's
 ``determine_postprocessing`` does on its cross-validation: start with no post-processing, try each candidate in
@@ -294,6 +300,22 @@ def one_label_per_mass(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def one_tumour(labels: np.ndarray) -> np.ndarray:
+    """Turn every tumour voxel outside the largest 26-connected tumour/cyst component into cyst (label 3).
+
+    Equal sizes are broken by component id (raster order); nothing else changes.
+    """
+    labels = _check_labels(labels)
+    out, box, mass_ids, n_masses = _boxed_components(labels, np.isin(labels, MASSES))
+    if n_masses <= 1:
+        return out
+    region = out[box]  # a view: writing it writes out
+    sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)
+    sizes[0] = 0
+    region[(region == MASSES[0]) & (mass_ids != int(np.argmax(sizes)))] = MASSES[1]
+    return out
+
+
 STEPS: dict[str, Callable[..., np.ndarray]] = {
     "largest_foreground": keep_largest_foreground,
     "largest_kidneys": keep_largest_kidneys,
@@ -302,6 +324,7 @@ STEPS: dict[str, Callable[..., np.ndarray]] = {
     "largest_mass": keep_largest_mass,
     "large_masses": keep_large_masses,
     "one_label_per_mass": one_label_per_mass,
+    "one_tumour": one_tumour,
 }
 
 
