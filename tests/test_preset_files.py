@@ -71,7 +71,7 @@ def test_the_kits_presets_offer_every_post_processing_step_to_the_holdout(names)
     and the test tumour Dice rose from 0.613 to 0.642 on the same model. The per-kidney step comes before the
     global one, which would also drop a second real tumour. Rows c44 and c45: one_label_per_mass and
     largest_kidneys (tried before largest_foreground, which it replaces where kept) were kept and won;
-    so was large_masses (c48)."""
+    so was large_masses (c48), and one_tumour on three trainings (c61-c63, its section in docs/quality.md)."""
     steps = layered(names)["train"]["postprocess"]
     assert steps == [
         "largest_kidneys",
@@ -80,6 +80,7 @@ def test_the_kits_presets_offer_every_post_processing_step_to_the_holdout(names)
         "largest_mass_per_kidney",
         "largest_mass",
         "large_masses",
+        "one_tumour",
         "one_label_per_mass",
     ]
 
