@@ -28,6 +28,7 @@ from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, p
 from segflow.labelsets import region_tree, threshold_choices
 from segflow.losses import RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
+from segflow.postprocess import STEPS
 from segflow.preflight import ConfigError
 from segflow.preprocess import preprocess_case
 from segflow.restore import restore_labels, restore_probabilities
@@ -255,6 +256,21 @@ def test_region_decoding_on_the_way_back_keeps_hard_labels(tmp_path):
     tree = region_tree(KITS_REGIONS, 4)
     assert np.array_equal(restore_probabilities(one_hot, meta, tree), restore_labels(labels, meta))
     assert np.array_equal(probability_labels(one_hot, tree), labels)
+
+
+def test_kits_post_processing_steps_need_kits_labels():
+    flare = {
+        "labels": {"liver": 1, "right_kidney": 2, "spleen": 3, "left_kidney": 4},
+        "regions": {"organs": [1, 2, 3, 4]},
+    }
+    with pytest.raises(ConfigError, match="train.postprocess step largest_mass_per_kidney works on KiTS labels"):
+        check_config(config_with_defaults({"score": flare, "train": {"postprocess": ["largest_mass_per_kidney"]}}))
+    check_config(config_with_defaults({"score": flare, "train": {"postprocess": ["largest_foreground"]}}))
+    no_cyst = {"labels": {"kidney": 1, "tumor": 2}, "regions": {"masses": [2]}}
+    check_config(config_with_defaults({"score": no_cyst, "train": {"postprocess": ["large_masses"]}}))
+    with pytest.raises(ConfigError, match=r"step one_tumour works on KiTS labels \(kidney: 1, tumor: 2, cyst: 3\)"):
+        check_config(config_with_defaults({"score": no_cyst, "train": {"postprocess": ["one_tumour"]}}))
+    check_config(config_with_defaults({"train": {"postprocess": list(STEPS)}}))  # the KiTS defaults take them all
 
 
 def test_region_decoding_is_checked_at_start_up():

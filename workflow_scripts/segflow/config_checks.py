@@ -102,6 +102,28 @@ def check_config(config: dict) -> None:
     unknown = sorted({int(v) for v in score["labels"].values()} - allowed)
     if unknown:
         raise ConfigError(f"score.labels has values {unknown} outside selection.labels {sorted(allowed)}")
+    _check_postprocess_labels(train["postprocess"], score["labels"])
+
+
+# The label values the post-processing steps other than largest_foreground read and write (segflow.postprocess):
+# kidney 1 and tumour 2 for all of them, and cyst 3 for the step that writes cysts.
+KITS_LABELS_OF_STEP = {"one_tumour": {"kidney": 1, "tumor": 2, "cyst": 3}}
+KITS_LABELS = {"kidney": 1, "tumor": 2}
+
+
+def _check_postprocess_labels(steps: list, labels: dict) -> None:
+    """The mass and kidney steps of train.postprocess are KiTS's: on another label set they would silently move
+    voxels between unrelated classes (FLARE22's right kidney is 2), so they need score.labels to name KiTS's."""
+    for step in steps:
+        if step == "largest_foreground":  # components of labels > 0: any label set
+            continue
+        needed = KITS_LABELS_OF_STEP.get(step, KITS_LABELS)
+        if any(labels.get(name) != value for name, value in needed.items()):
+            wanted = ", ".join(f"{name}: {value}" for name, value in needed.items())
+            raise ConfigError(
+                f"train.postprocess step {step} works on KiTS labels ({wanted}), but score.labels is {labels}; remove "
+                "it from train.postprocess (largest_foreground works on any label set)"
+            )
 
 
 def _check_no_validation_patients(train: dict) -> None:
