@@ -7,6 +7,7 @@ that the check costs no torch import.
 from __future__ import annotations
 
 from segflow.labelsets import allowed_labels, label_tree, n_classes, threshold_choices
+from segflow.postprocess import LABELS_OF_STEP
 from segflow.preflight import ConfigError
 
 MODELS_BY_DIMS = {
@@ -105,19 +106,11 @@ def check_config(config: dict) -> None:
     _check_postprocess_labels(train["postprocess"], score["labels"])
 
 
-# The label values the post-processing steps other than largest_foreground read and write (segflow.postprocess):
-# kidney 1 and tumour 2 for all of them, and cyst 3 for the step that writes cysts.
-KITS_LABELS_OF_STEP = {"one_tumour": {"kidney": 1, "tumor": 2, "cyst": 3}}
-KITS_LABELS = {"kidney": 1, "tumor": 2}
-
-
 def _check_postprocess_labels(steps: list, labels: dict) -> None:
     """The mass and kidney steps of train.postprocess are KiTS's: on another label set they would silently move
     voxels between unrelated classes (FLARE22's right kidney is 2), so they need score.labels to name KiTS's."""
     for step in steps:
-        if step == "largest_foreground":  # components of labels > 0: any label set
-            continue
-        needed = KITS_LABELS_OF_STEP.get(step, KITS_LABELS)
+        needed = LABELS_OF_STEP[step]
         if any(labels.get(name) != value for name, value in needed.items()):
             wanted = ", ".join(f"{name}: {value}" for name, value in needed.items())
             raise ConfigError(

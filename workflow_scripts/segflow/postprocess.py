@@ -327,6 +327,15 @@ STEPS: dict[str, Callable[..., np.ndarray]] = {
     "one_tumour": one_tumour,
 }
 
+# The KiTS label values each step reads or writes, by score.labels name: the configuration check refuses a step
+# whose labels the run's label set lacks. largest_foreground sees only the foreground, so it fits any label set.
+KITS_LABELS = {"kidney": KIDNEY, "tumor": MASSES[0]}
+LABELS_OF_STEP: dict[str, dict[str, int]] = {
+    **{name: KITS_LABELS for name in STEPS},
+    "largest_foreground": {},
+    "one_tumour": {**KITS_LABELS, "cyst": MASSES[1]},  # writes cysts
+}
+
 
 def apply(
     labels: np.ndarray,
