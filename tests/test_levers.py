@@ -548,6 +548,48 @@ def test_pasted_lesion_keeps_its_contrast_to_the_new_host_and_takes_its_labels()
     assert (edge_labels == 2).sum() == 2 * 4 and edge_labels[0, 31] == 2  # rows 0-1, columns 28-31
 
 
+def test_pasted_lesion_contrast_scales_its_mean_contrast_and_keeps_its_texture():
+    image, label = _kidney_slice(0.6, None)
+    texture = np.array([[-0.05, 0.05] * 3] * 4, np.float32)  # around a mean contrast of -0.3
+    cut = {"image": (texture - 0.3)[None], "mask": np.ones((4, 6), bool), "label": np.full((4, 6), 2)}
+    same, _ = paste_cut(image, label, cut, centre=(16, 16), host_mean=0.6)
+    half, half_labels = paste_cut(image, label, cut, centre=(16, 16), host_mean=0.6, contrast=0.5)
+    iso, _ = paste_cut(image, label, cut, centre=(16, 16), host_mean=0.6, contrast=0.0)
+    inside = (0, slice(15, 17), slice(14, 18))  # away from the soft edge
+    assert np.isclose(same[inside].mean(), 0.3, atol=0.01)
+    assert np.isclose(half[inside].mean(), 0.45, atol=0.01)  # half as dark against the kidney's 0.6
+    assert np.isclose(iso[inside].mean(), 0.6, atol=0.01)  # iso: only the texture tells it
+    assert np.allclose(np.diff(half[inside]), np.diff(same[inside]), atol=1e-6)  # the texture is the lesion's
+    assert np.array_equal(half_labels, paste_cut(image, label, cut, centre=(16, 16), host_mean=0.6)[1])
+
+
+def test_lesion_paste_contrast_range_draws_a_factor_per_paste_and_one_one_changes_nothing():
+    image, label = _kidney_slice(0.6, None)
+    donor_image, donor_label = _kidney_slice(0.8, 0.4)  # a tumour 0.4 darker than its kidney
+    bank = lesion_cuts(donor_image, donor_label, host_label=1)
+    augment = {**config_with_defaults()["train"]["augment"], "lesion_paste_prob": 1.0}
+    augment.update(flip_prob=0.0, affine_prob=0.0, intensity_prob=0.0)
+    assert augment["lesion_paste_contrast"] == [1, 1]  # the schema's default: every lesion at its own contrast
+    sample = {"image": torch.from_numpy(image), "label": torch.from_numpy(label)[None]}
+
+    def tumour_means(contrast, seeds=range(12)):
+        transform = build_augmentation({**augment, "lesion_paste_contrast": contrast}, lesions=bank)
+        means = []
+        for seed in seeds:
+            transform.set_random_state(seed=seed)
+            out = transform(sample)
+            means.append(float(out["image"][0][np.asarray(out["label"][0]) == 2].mean()))
+        return np.array(means)
+
+    assert np.allclose(tumour_means([1, 1]), 0.2, atol=0.03)  # 0.6 - 0.4 whatever the seed
+    drawn = tumour_means([0.25, 1.75])
+    assert drawn.min() > 0.6 - 1.75 * 0.4 - 0.03 and drawn.max() < 0.6 - 0.25 * 0.4 + 0.03
+    assert drawn.std() > 0.05  # a factor per paste, not one for the round
+    assert np.allclose(tumour_means([0.5, 0.5]), 0.4, atol=0.03)
+    with pytest.raises(ConfigError, match=r"train.augment.lesion_paste_contrast is \[1.5, 0.5\]"):
+        check_config(config_with_defaults({"train": {"augment": {"lesion_paste_contrast": [1.5, 0.5]}}}))
+
+
 def test_lesion_paste_is_seeded_and_only_touches_slices_showing_the_host():
     image, label = _kidney_slice(0.6, None)
     donor_image, donor_label = _kidney_slice(0.8, 0.4)

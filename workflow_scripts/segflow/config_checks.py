@@ -37,6 +37,7 @@ def check_config(config: dict) -> None:
             f"train.deep_supervision {heads} needs at least {heads + 2} levels, but train.channels has "
             f"{len(train['channels'])}; lower it to {max(len(train['channels']) - 2, 0)} or add levels"
         )
+    _check_ordered_ranges(train["augment"])
     if train["val_every"] > 1 and train["lr_schedule"] == "plateau":
         raise ConfigError(
             f"train.val_every is {train['val_every']}, but train.lr_schedule plateau steps on every epoch's validation "
@@ -117,6 +118,15 @@ def _check_postprocess_labels(steps: list, labels: dict) -> None:
                 f"train.postprocess step {step} works on KiTS labels ({wanted}), but score.labels is {labels}; remove "
                 "it from train.postprocess (largest_foreground works on any label set)"
             )
+
+
+def _check_ordered_ranges(augment: dict) -> None:
+    """The augmentations' [low, high] ranges: a reversed one would otherwise fail (or draw from a reversed
+    interval) inside a training round, minutes after start-up."""
+    for key in ("blur_sigma", "gamma_range", "lesion_paste_contrast"):
+        low, high = augment[key]
+        if low > high:
+            raise ConfigError(f"train.augment.{key} is [{low:g}, {high:g}]: give the lower bound first")
 
 
 def _check_no_validation_patients(train: dict) -> None:

@@ -241,11 +241,17 @@ class LesionPaste(Randomizable):
     with every lesion's shape and contrast. A MONAI Randomizable: ``Compose.set_random_state`` seeds it.
 
     ``balance``: ``cut`` draws every cut of the bank equally often, so a lesion on many slices is pasted more often
-    than a small one; ``per_case`` draws each case's cuts together as often as any other case's."""
+    than a small one; ``per_case`` draws each case's cuts together as often as any other case's.
 
-    def __init__(self, bank: list[dict], host_label: int, prob: float, balance: str = "cut"):
+    ``contrast`` (low, high): each paste scales the lesion's mean contrast to the host by a factor drawn uniformly
+    from that range, its texture kept, so that a few patients' lesions also show the network fainter and stronger
+    versions of themselves. (1, 1) pastes every lesion at its own contrast and draws no extra random number, so
+    the augmentation stream is the one without the option."""
+
+    def __init__(self, bank: list[dict], host_label: int, prob: float, balance: str = "cut", contrast=(1.0, 1.0)):
         self.bank, self.host_label, self.prob = bank, host_label, prob
         self.cut_weights = per_case_cut_weights(bank) if balance == "per_case" and bank else None
+        self.contrast = tuple(float(c) for c in contrast)
         self.set_random_state()
 
     def randomize(self, n_host_pixels: int) -> None:
@@ -257,6 +263,8 @@ class LesionPaste(Randomizable):
                 self._cut = self.bank[self.R.choice(len(self.bank), p=self.cut_weights)]
             self._flips = [axis for axis in (1, 2) if self.R.random_sample() < 0.5]
             self._centre = self.R.randint(n_host_pixels)
+            low, high = self.contrast
+            self._scale = self.R.uniform(low, high) if low != high else low
 
     def __call__(self, sample: dict) -> dict:
         label = _plain(sample["label"])[0].numpy()
@@ -267,17 +275,26 @@ class LesionPaste(Randomizable):
             return sample
         image = _plain(sample["image"]).numpy().astype(np.float32)  # a copy: the cached slice stays as it was
         centre = (ys[self._centre], xs[self._centre])
-        pasted_image, pasted_label = paste_cut(image, label, self._cut, centre, host_mean(image, host), self._flips)
+        pasted_image, pasted_label = paste_cut(
+            image, label, self._cut, centre, host_mean(image, host), self._flips, self._scale
+        )
         return {**sample, "image": torch.from_numpy(pasted_image), "label": torch.from_numpy(pasted_label)[None]}
 
 
-def paste_cut(image, label, cut: dict, centre, host_mean: float, flips=()) -> tuple[np.ndarray, np.ndarray]:
+def paste_cut(
+    image, label, cut: dict, centre, host_mean: float, flips=(), contrast: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """``cut`` pasted into copies of a (k, H, W) image and its (H, W) labels, its box centred on ``centre``
     (clipped at the slice's edges); its intensity offset by ``host_mean``. The image blends in over a soft mask
-    (sigma 0.7 pixel, as a partial-volume edge) so that a hard edge cannot become the cue for the lesion label."""
+    (sigma 0.7 pixel, as a partial-volume edge) so that a hard edge cannot become the cue for the lesion label.
+    ``contrast`` scales the lesion's mean contrast to the host (its mean over the mask on the centre channel),
+    leaving the texture around that mean as it is: 0.5 pastes it half as dark (or bright), 0 iso to the host."""
     from scipy import ndimage
 
     cut_image, mask, cut_label = cut["image"], cut["mask"], cut["label"]
+    if contrast != 1.0:
+        mean_contrast = float(cut_image[cut_image.shape[0] // 2][mask].mean())
+        cut_image = cut_image + (contrast - 1.0) * mean_contrast
     for axis in flips:  # axis 1 or 2 of the (k, h, w) image: rows or columns
         cut_image, mask, cut_label = np.flip(cut_image, axis), np.flip(mask, axis - 1), np.flip(cut_label, axis - 1)
     h, w = mask.shape
@@ -337,7 +354,8 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
     if cfg["enabled"] and cfg.get("lesion_paste_prob", 0) > 0 and lesions:
         # Before the crop, so that the crop can centre on a pasted lesion as on a real one.
         balance = cfg.get("lesion_paste_balance", "cut")
-        steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"], balance))
+        contrast = tuple(cfg.get("lesion_paste_contrast", (1.0, 1.0)))
+        steps.append(LesionPaste(lesions, cfg["lesion_host_label"], cfg["lesion_paste_prob"], balance, contrast))
     if patch_size:
         # Slices of cases on their own grid (preprocess.size: null) may be smaller than a crop; padding them with
         # 0 (below the window) and background first keeps every crop, and so every batch, one size.
