@@ -837,3 +837,33 @@ def test_per_case_lesion_paste_draws_each_cases_lesions_equally_often():
     assert augment["lesion_paste_balance"] == "cut"  # the schema's default, as before the option
     built = build_augmentation({**augment, "lesion_paste_balance": "per_case"}, lesions=bank)
     assert built.transforms[0].cut_weights == pytest.approx(per_case_cut_weights(bank))
+
+
+def test_dice_smooth_makes_false_positives_in_a_crop_without_the_region_cost():
+    # Crop 0 shows only kidney, and the network calls 4 or 100 of its pixels tumour. Crop 1 shows a found tumour.
+    target = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    target[:, 0, 4:28, 4:28] = 1
+    target[1, 0, 8:24, 8:24] = 2
+    few, many = target[:, 0].clone(), target[:, 0].clone()
+    few[0, 10:12, 10:12] = 2
+    many[0, 10:20, 10:20] = 2
+    cfg = {**TRAIN, "loss": "dice", "dice_targets": "regions", "batch_dice": False}
+
+    def loss(smooth, predicted, crop):
+        return build_loss({**cfg, "dice_smooth": smooth}, KITS_REGIONS, 4)(
+            confident_logits(predicted[crop : crop + 1]), target[crop : crop + 1]
+        ).item()
+
+    # At nnU-Net's 1e-5 a crop without tumour scores the same with 4 or 100 false tumour pixels: no signal.
+    assert loss(1e-5, few, 0) == pytest.approx(loss(1e-5, many, 0), abs=1e-3)
+    # At 1 they cost: 100 false pixels more than 4.
+    assert loss(1.0, many, 0) > loss(1.0, few, 0) + 0.05
+    # A crop that shows the tumour scores almost the same at either constant.
+    assert loss(1.0, many, 1) == pytest.approx(loss(1e-5, many, 1), abs=1e-2)
+    # The Dice over classes (MONAI's DiceLoss) takes the same constant.
+    from monai.losses import DiceLoss
+
+    logits = confident_logits(many)
+    classes = build_loss({**cfg, "dice_targets": "classes", "dice_smooth": 1.0})(logits, target)
+    monai = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, smooth_nr=1.0, smooth_dr=1.0)
+    assert classes.item() == pytest.approx(monai(logits, target).item(), abs=1e-6)

@@ -24,6 +24,7 @@ LEVERS = {
         "class_balance": "per_case",
         "lr_schedule": "poly",
         "batch_dice": True,
+        "dice_smooth": 1.0,
         "dice_targets": "regions",
         "val_max_slices": 40,
         "val_every": 2,

@@ -7,6 +7,11 @@
 kidney+masses, masses, tumour) instead of over each class: a region's probability is the sum of its classes'
 softmax. The network and everything after it stay the same (softmax over classes); only what the Dice rewards
 changes, towards what is scored. nnU-Net trains KiTS on the same regions (with sigmoids).
+
+``train.dice_smooth`` is the constant on both sides of the Dice fraction. Per slice or crop (``batch_dice:
+false``), a region the crop does not show scores smooth / (predicted volume + smooth): about 0 at nnU-Net's 1e-5
+once more than a trace is predicted, so more false positives change nothing in the Dice and only the
+cross-entropy sees them; at 1 they cost Dice.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class RegionDiceLoss(torch.nn.Module):
 
     ``regions``: {name: [label values]}. With ``batch`` the intersections and volumes are pooled over the batch
     (nnU-Net's batch Dice), else each sample scores alone and the mean is taken over samples and regions.
+    ``smooth`` is added to each Dice's numerator and denominator (``train.dice_smooth``).
     """
 
     def __init__(self, regions: dict, n_classes: int, batch: bool = True, smooth: float = 1e-5):
@@ -115,8 +121,15 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
     if cfg.get("dice_targets", "classes") == "regions":
-        return _region_loss(name, regions, n_classes, bool(cfg["batch_dice"]), dice_weight, other_weight)
-    common = {"to_onehot_y": True, "softmax": True, "include_background": False, "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+        return _region_loss(name, regions, n_classes, cfg, dice_weight, other_weight)
+    smooth = float(cfg["dice_smooth"])
+    common = {
+        "to_onehot_y": True,
+        "softmax": True,
+        "include_background": False,
+        "smooth_nr": smooth,
+        "smooth_dr": smooth,
+    }
     # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
     # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
     # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
@@ -138,12 +151,12 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-def _region_loss(name: str, regions, n_classes, batch: bool, dice_weight: float, ce_weight: float):
+def _region_loss(name: str, regions, n_classes, cfg: dict, dice_weight: float, ce_weight: float):
     if name not in REGION_LOSSES:
         raise ValueError(f"train.dice_targets regions replaces a Dice part; train.loss {name!r} has none or another "
                          f"(choose one of {', '.join(REGION_LOSSES)})")  # fmt: skip
     if not regions or not n_classes:
         raise ValueError("train.dice_targets regions needs score.regions (region name -> label values)")
-    dice = RegionDiceLoss(regions, n_classes, batch)
+    dice = RegionDiceLoss(regions, n_classes, bool(cfg["batch_dice"]), float(cfg["dice_smooth"]))
     # Cross-entropy stays over classes: the argmax that makes the label map needs the classes apart.
     return dice if name == "dice" else WeightedSum([(dice_weight, dice), (ce_weight, CrossEntropy())])
