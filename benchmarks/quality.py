@@ -14,6 +14,10 @@ Run by hand, never in tests or CI (a run trains for tens of minutes). Subcommand
              and the predicted tumour components that touch no true mass (false positives)
   postprocess  the test predictions of a finished results folder with post-processing steps applied on top, scored
              as the pipeline scores them: a step's effect on one training's test cases without predicting again
+  unprocessed  predict test cases of a finished results folder again with its model, TTA and decoding but no
+             post-processing (to --out), given the config files the run was made with
+  masses     each predicted mass (tumour/cyst) component of each case, in one or more prediction folders: its
+             voxels, how many of them it calls tumour and cyst, and what the reference calls them
 
   python benchmarks/quality.py make-data --git-dir /work/.mirror/neheller+kits23/repo \\
       --labels /work/bench/kits23_labels --cases 48 --out /work/bench/kits48/data
@@ -23,6 +27,11 @@ Run by hand, never in tests or CI (a run trains for tens of minutes). Subcommand
   python benchmarks/quality.py errors --results /work/bench/ablation/pre_97a6269b/results
   python benchmarks/quality.py postprocess --results /work/bench/ablation48/pre_64aff79f/results \\
       --variant largest_mass_per_kidney largest_mass
+  python benchmarks/quality.py unprocessed --results /work/bench/ablation48/pre_a77d58c0/results \\
+      --configfile config/kits23.yaml config/kits23-cpu.yaml benchmarks/ablation/cpu_base.yaml \\
+      benchmarks/ablation/c71_weight_decay_repeat1.yaml --cases case_00006 case_00007 --out /tmp/unprocessed
+  python benchmarks/quality.py masses --results /work/bench/ablation48/pre_a77d58c0/results \\
+      --predictions /tmp/unprocessed /work/bench/ablation48/pre_a77d58c0/results/predictions
 
 Config layering of `run` (later files win, key by key): config/kits23.yaml (the preset under test), then
 benchmarks/quality.yaml (selection that keeps every case, seed), then the --configfile files given (the
@@ -429,6 +438,88 @@ def cmd_postprocess(args) -> None:
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in tumour[name]) + " |")
 
 
+def layered_config(files: list[str]) -> dict:
+    """The config of ``--configfile`` files (later files win, key by key, as Snakemake merges them), with the
+    schema's defaults filled in."""
+    import yaml
+    from snakemake.utils import validate
+
+    def merge(into: dict, update: dict) -> dict:
+        for key, value in update.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+        return into
+
+    config: dict = {}
+    for path in files:
+        merge(config, yaml.safe_load(Path(path).read_text()) or {})
+    validate(config, str(REPO / "config" / "schema.yaml"), set_default=True)
+    return config
+
+
+def cmd_unprocessed(args) -> None:
+    """The results folder's kept model over some test cases, as predict_case runs it, minus post-processing."""
+    from segflow.predict import predict_case
+
+    results = Path(args.results)
+    config = layered_config(args.configfile)
+    summary = json.loads((results / "train" / "best.json").read_text())
+    regions = config["score"]["regions"] if config["infer"]["decode"] == "regions" else None
+    cases = args.cases or sorted(p.name[: -len(".nii.gz")] for p in (results / "predictions").glob("*.nii.gz"))
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        predict_case(
+            results / "train" / "best.pt",
+            results / "preprocessed" / case,
+            results / "raw" / case / "imaging.nii.gz",
+            Path(args.out) / f"{case}.nii.gz",
+            config["infer"],
+            [],
+            args.threads,
+            regions,
+            summary.get("region_thresholds") or {},
+        )
+        print(f"{case}: {Path(args.out) / f'{case}.nii.gz'}", flush=True)
+
+
+def mass_components(truth, prediction) -> list[dict]:
+    """Each 26-connected predicted mass (labels 2 and 3, as segflow.postprocess groups them), largest first: its
+    voxels, how many it calls tumour and cyst, and the reference's labels under it (background, kidney, tumour,
+    cyst)."""
+    import numpy as np
+    from scipy import ndimage
+
+    components, n = ndimage.label(prediction >= 2, structure=np.ones((3, 3, 3)))
+    under = confusion(components, truth, n_labels=max(n + 1, 4))[1 : n + 1, :4]
+    called = confusion(components, prediction, n_labels=max(n + 1, 4))[1 : n + 1, :4]
+    rows = [
+        {"voxels": int(u.sum()), "tumour": int(c[2]), "cyst": int(c[3]), "truth": [int(v) for v in u]}
+        for u, c in zip(under, called)
+    ]
+    return sorted(rows, key=lambda row: -row["voxels"])
+
+
+def cmd_masses(args) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    results = Path(args.results)
+    for folder in map(Path, args.predictions):
+        print(f"# {folder}")
+        for path in sorted(folder.glob("*.nii.gz")):
+            case = path.name[: -len(".nii.gz")]
+            prediction = np.asarray(nib.load(path).dataobj, dtype=np.uint8)
+            truth = np.asarray(nib.load(results / "raw" / case / "segmentation.nii.gz").dataobj, dtype=np.uint8)
+            masses = mass_components(truth, prediction)
+            print(
+                f"{case}: {len(masses)} predicted masses (voxels: tumour + cyst; reference bg / kidney / tumour / cyst)"
+            )
+            for mass in masses[: args.top]:
+                print(f"  {mass['voxels']}: {mass['tumour']} + {mass['cyst']}; " + " / ".join(map(str, mass["truth"])))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -463,6 +554,18 @@ def main(argv=None) -> None:
     post.add_argument("--predictions", help="another folder of the same test predictions (e.g. a saved copy)")
     post.add_argument("--variant", nargs="+", default=[], help="a quoted, space-separated list of steps per variant")
     post.set_defaults(func=cmd_postprocess)
+    unprocessed = sub.add_parser("unprocessed", help="predict test cases again without post-processing")
+    unprocessed.add_argument("--results", required=True, help="a finished results folder (train/best.pt, ...)")
+    unprocessed.add_argument("--configfile", nargs="+", required=True, help="the config files of that run, in order")
+    unprocessed.add_argument("--cases", nargs="*", help="case ids (default: every case in predictions/)")
+    unprocessed.add_argument("--out", required=True)
+    unprocessed.add_argument("--threads", type=int, default=2)
+    unprocessed.set_defaults(func=cmd_unprocessed)
+    masses = sub.add_parser("masses", help="each predicted mass component and what the reference calls it")
+    masses.add_argument("--results", required=True, help="the results folder whose raw/ holds the references")
+    masses.add_argument("--predictions", nargs="+", required=True, help="folders of <case>.nii.gz label maps")
+    masses.add_argument("--top", type=int, default=8, help="at most this many components per case, largest first")
+    masses.set_defaults(func=cmd_masses)
     table = sub.add_parser("table", help="markdown table of every run under --workdir")
     table.add_argument("--workdir", required=True)
     table.set_defaults(func=cmd_table)

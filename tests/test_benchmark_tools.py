@@ -42,3 +42,18 @@ def test_tumour_findings_split_each_tumour_and_count_false_components():
     ]
     assert findings["predicted_components"] == 3
     assert findings["false_components"] == 1
+
+
+def test_mass_components_group_tumour_and_cyst_and_show_the_reference_under_them():
+    quality = load_quality()
+    truth = np.zeros((3, 8, 8), dtype=np.uint8)
+    truth[:, 1:7, 1:7] = 1
+    truth[1, 2:4, 2:4] = 2  # a true tumour of 4 voxels
+    prediction = truth.copy()
+    prediction[1, 2:4, 4] = 3  # its neighbour called cyst: one mass with the tumour
+    prediction[2, 5, 5] = 2  # a false mass on kidney, diagonal to nothing else
+    masses = quality.mass_components(truth, prediction)
+    assert masses == [
+        {"voxels": 6, "tumour": 4, "cyst": 2, "truth": [0, 2, 4, 0]},
+        {"voxels": 1, "tumour": 1, "cyst": 0, "truth": [0, 1, 0, 0]},
+    ]
