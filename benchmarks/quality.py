@@ -438,33 +438,14 @@ def cmd_postprocess(args) -> None:
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in tumour[name]) + " |")
 
 
-def layered_config(files: list[str]) -> dict:
-    """The config of ``--configfile`` files (later files win, key by key, as Snakemake merges them), with the
-    schema's defaults filled in."""
-    import yaml
-    from snakemake.utils import validate
-
-    def merge(into: dict, update: dict) -> dict:
-        for key, value in update.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-        return into
-
-    config: dict = {}
-    for path in files:
-        merge(config, yaml.safe_load(Path(path).read_text()) or {})
-    validate(config, str(REPO / "config" / "schema.yaml"), set_default=True)
-    return config
-
-
 def cmd_unprocessed(args) -> None:
     """The results folder's kept model over some test cases, as predict_case runs it, minus post-processing."""
+    from decodings import load_config  # benchmarks/decodings.py: the config files merged as Snakemake merges them
+
     from segflow.predict import predict_case
 
     results = Path(args.results)
-    config = layered_config(args.configfile)
+    config = load_config(args.configfile)
     summary = json.loads((results / "train" / "best.json").read_text())
     regions = config["score"]["regions"] if config["infer"]["decode"] == "regions" else None
     cases = args.cases or sorted(p.name[: -len(".nii.gz")] for p in (results / "predictions").glob("*.nii.gz"))
