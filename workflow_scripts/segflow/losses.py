@@ -120,9 +120,9 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     name = cfg["loss"]
     weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
+    batch, smooth = bool(cfg["batch_dice"]), float(cfg["dice_smooth"])
     if cfg.get("dice_targets", "classes") == "regions":
-        return _region_loss(name, regions, n_classes, cfg, dice_weight, other_weight)
-    smooth = float(cfg["dice_smooth"])
+        return _region_loss(name, regions, n_classes, batch, smooth, dice_weight, other_weight)
     common = {
         "to_onehot_y": True,
         "softmax": True,
@@ -133,7 +133,7 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
     # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
     # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
-    common["batch"] = bool(cfg["batch_dice"])
+    common["batch"] = batch
     if name == "ce":
         return CrossEntropy()
     if name == "dice":
@@ -151,12 +151,12 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-def _region_loss(name: str, regions, n_classes, cfg: dict, dice_weight: float, ce_weight: float):
+def _region_loss(name: str, regions, n_classes, batch: bool, smooth: float, dice_weight: float, ce_weight: float):
     if name not in REGION_LOSSES:
         raise ValueError(f"train.dice_targets regions replaces a Dice part; train.loss {name!r} has none or another "
                          f"(choose one of {', '.join(REGION_LOSSES)})")  # fmt: skip
     if not regions or not n_classes:
         raise ValueError("train.dice_targets regions needs score.regions (region name -> label values)")
-    dice = RegionDiceLoss(regions, n_classes, bool(cfg["batch_dice"]), float(cfg["dice_smooth"]))
+    dice = RegionDiceLoss(regions, n_classes, batch, smooth)
     # Cross-entropy stays over classes: the argmax that makes the label map needs the classes apart.
     return dice if name == "dice" else WeightedSum([(dice_weight, dice), (ce_weight, CrossEntropy())])
