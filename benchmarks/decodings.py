@@ -12,8 +12,9 @@ prediction time. The ``pipeline`` column marks the decoding the pipeline itself 
         --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
             benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c49_decode_regions.yaml --out decodings.tsv
 
-The post-processing steps are the ones the folder's select_model kept with its own decoding; deciding them again
-for each other decoding would predict the holdout again. Runs by hand, on the CPU or a GPU.
+The post-processing steps (and the mass seed, ``infer.mass_seed``) are the ones the folder's select_model kept with
+its own decoding, applied to every decoding; deciding them again for each would predict the holdout again. Runs by
+hand, on the CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -62,17 +63,18 @@ def decodings(infer: dict, chosen: dict) -> list[tuple[str, str, dict, bool]]:
 
 
 def score_case(
-    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], ways, device
+    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], ways, device, mass_seed=None
 ) -> list[dict]:
-    """One test case decoded every way of ``ways`` (decodings()), post-processed and scored."""
+    """One test case decoded every way of ``ways`` (decodings()), seeded (``mass_seed``, best.json's),
+    post-processed and scored."""
     import nibabel as nib
 
     from segflow.cases import load_case
     from segflow.inference import case_probabilities, probability_labels
     from segflow.io import read_json
     from segflow.labelsets import label_tree
-    from segflow.postprocess import apply
-    from segflow.restore import restore_labels, restore_probabilities
+    from segflow.postprocess import MASSES, apply, seeded_masses
+    from segflow.restore import restore_labels, restore_probabilities, restore_region_probability
     from segflow.score import score_arrays
 
     case_dir = results / "preprocessed" / case
@@ -90,6 +92,10 @@ def score_case(
     reference = nib.load(str(results / "raw" / case / "segmentation.nii.gz"))
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
     truth = np.asarray(reference.dataobj)
+    masses = None
+    if mass_seed is not None:
+        classes = [c for c in MASSES if c < probabilities.shape[1]]
+        masses = restore_region_probability(probabilities, meta, classes)
     rows = []
     for name, decode, thresholds, pipeline in ways:
         tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1], thresholds)
@@ -97,6 +103,7 @@ def score_case(
             labels = restore_probabilities(probabilities, meta, tree)
         else:
             labels = restore_labels(probability_labels(probabilities, tree), meta)
+        labels = labels if masses is None else seeded_masses(labels, masses, mass_seed)
         labels = apply(labels, steps) if steps else labels
         scores = score_arrays(labels, truth, spacing, config["score"])
         rows.append({"case_id": case, "decode": name, "pipeline": pipeline, **scores})
@@ -126,12 +133,16 @@ def main(argv=None) -> None:
     steps, chosen = list(best.get("postprocess") or []), best.get("region_thresholds") or {}
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
     test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
-    print(f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, tta {config['infer']['tta']}")
+    seed = best.get("mass_seed")
+    print(
+        f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, mass seed {seed}, "
+        f"tta {config['infer']['tta']}"
+    )
     ways = decodings(config["infer"], chosen)
     rows = []
     for case in test:
         start = time.time()
-        rows += score_case(case, results, models, checkpoint, config, steps, ways, device)
+        rows += score_case(case, results, models, checkpoint, config, steps, ways, device, seed)
         dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-len(ways) :]}
         print(f"{case}: tumour Dice {dice} ({time.time() - start:.0f} s)", flush=True)
         table = pd.DataFrame(rows)

@@ -461,6 +461,7 @@ def cmd_unprocessed(args) -> None:
             args.threads,
             regions,
             summary.get("region_thresholds") or {},
+            summary.get("mass_seed"),
         )
         print(f"{case}: {Path(args.out) / f'{case}.nii.gz'}", flush=True)
 

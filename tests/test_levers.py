@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import config_with_defaults, write_case
+from scipy import ndimage
 
 from segflow.cases import load_case
 from segflow.checkpoints import load_models, save_checkpoint, save_ensemble
@@ -25,13 +26,13 @@ from segflow.data import (
     slice_shape,
 )
 from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
-from segflow.labelsets import region_tree, threshold_choices
+from segflow.labelsets import region_tree, seed_choices, threshold_choices
 from segflow.losses import RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.postprocess import STEPS
 from segflow.preflight import ConfigError
 from segflow.preprocess import preprocess_case
-from segflow.restore import restore_labels, restore_probabilities
+from segflow.restore import restore_labels, restore_probabilities, restore_region_probability
 from segflow.train import build_scheduler, evaluate, validation_subset
 
 DEFAULTS = config_with_defaults()["preprocess"]
@@ -168,6 +169,32 @@ def test_probability_restore_places_boundaries_between_pixels():
     assert hard.tolist() == [1, 1, 0, 0]
     # voxel 2 sits at 0.75 between the pixel centres: 0.9 * 0.25 + 0.4 * 0.75 = 0.525 > 0.5 -> kidney
     assert soft.tolist() == [1, 1, 1, 0]
+    # The kidney's probability itself, in 255ths, interpolated the same way: 0.9, 0.775, 0.525, 0.4.
+    assert restore_region_probability(probabilities, meta, [1])[0, 0].tolist() == [230, 198, 134, 102]
+
+
+def test_region_probability_is_zero_outside_the_crop_and_sums_its_classes(tmp_path):
+    image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
+    meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
+    _, labels = load_case(tmp_path / "a")
+    labels = np.asarray(labels)
+    meta["n_classes"] = 4
+    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32)
+    restored = restore_labels(labels, meta)
+    masses = restore_region_probability(one_hot, meta, [2, 3])
+    assert masses.dtype == np.uint8 and masses.shape == restored.shape
+    is_mass = np.isin(restored, [2, 3])
+    assert is_mass.any() and masses[is_mass].min() > 0 and masses.max() == 255
+    # Interpolation blurs a mass by at most one voxel: nothing further out (nor outside the crop) has any.
+    near_mass = ndimage.binary_dilation(is_mass, iterations=2)
+    assert not masses[~near_mass].any()
+    # A region's probability is the sum of its classes': foreground and background share 255 up to rounding.
+    foreground = restore_region_probability(one_hot, meta, [1, 2, 3]).astype(int)
+    background = restore_region_probability(one_hot, meta, [0]).astype(int)
+    everything = restore_region_probability(one_hot, meta, [0, 1, 2, 3])
+    assert set(np.unique(everything)) == {0, 255}  # 255 inside the crop, 0 in the padding around it
+    inside = everything == 255
+    assert np.abs(foreground + background - 255)[inside].max() <= 1
 
 
 KITS_REGIONS = {"kidney_and_masses": [1, 2, 3], "masses": [2, 3], "tumor": [2]}
@@ -201,6 +228,7 @@ def test_region_thresholds_sit_on_their_regions_branches():
     with pytest.raises(ValueError, match=r"infer.region_thresholds names \['lesion'\], which are not in score.regions"):
         region_tree(KITS_REGIONS, 4, {"lesion": 0.4})
     assert threshold_choices({"region_thresholds": {}}) == [{}]
+    assert seed_choices({"mass_seed": []}) == [None] and seed_choices({"mass_seed": [0, 0.9]}) == [0.0, 0.9]
     assert threshold_choices({"region_thresholds": {"masses": [0.5, 0.3], "tumor": [0.5, 0.4]}}) == [
         {"masses": 0.5, "tumor": 0.5},
         {"masses": 0.5, "tumor": 0.4},
@@ -271,6 +299,10 @@ def test_kits_post_processing_steps_need_kits_labels():
     with pytest.raises(ConfigError, match=r"step one_tumour works on KiTS labels \(kidney: 1, tumor: 2, cyst: 3\)"):
         check_config(config_with_defaults({"score": no_cyst, "train": {"postprocess": ["one_tumour"]}}))
     check_config(config_with_defaults({"train": {"postprocess": list(STEPS)}}))  # the KiTS defaults take them all
+    with pytest.raises(ConfigError, match=r"infer.mass_seed works on KiTS labels \(kidney: 1, tumor: 2"):
+        check_config(config_with_defaults({"score": flare, "infer": {"mass_seed": [0, 0.9]}}))
+    check_config(config_with_defaults({"score": no_cyst, "infer": {"mass_seed": [0.9]}}))  # KiTS19: no cyst
+    check_config(config_with_defaults({"score": flare, "infer": {"mass_seed": []}}))
 
 
 def test_region_decoding_is_checked_at_start_up():

@@ -40,6 +40,7 @@ LEVERS = {
         "restore": "probabilities",
         "decode": "regions",
         "region_thresholds": {"masses": [0.5, 0.3]},
+        "mass_seed": [0, 0.9],
     },
 }
 
@@ -66,11 +67,11 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     # Round 1 started from round 0, which trained on round 1's validation patients: only the holdout is unseen.
     split_1 = json.loads((results / "train/round_1/split.json").read_text())
     assert summary["postprocess_cases"] == split_1["holdout"] and split_1["holdout"]
-    # Both masses thresholds were tried on those cases, each with its own post-processing decision.
-    assert summary["region_thresholds"]["masses"] in (0.5, 0.3)
+    # Both masses thresholds were tried on those cases with both mass seeds, each with its own post-processing.
+    assert summary["region_thresholds"]["masses"] in (0.5, 0.3) and summary["mass_seed"] in (0, 0.9)
     tried = {row["decoding"] for row in summary["threshold_table"]}
-    assert tried == {"masses 0.5", "masses 0.3"}
-    assert sum(row["chosen"] for row in summary["threshold_table"]) == len(summary["threshold_table"]) // 2
+    assert tried == {f"masses {t}, mass seed {s}" for t in (0.5, 0.3) for s in (0, 0.9)}
+    assert sum(row["chosen"] for row in summary["threshold_table"]) == len(summary["threshold_table"]) // 4
     for round_index in (0, 1):
         log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
@@ -88,6 +89,7 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         assert saved.shape == raw.shape and np.array_equal(saved.affine, raw.affine)
         log = (results / "logs/predict_case" / f"{case}.log").read_text()
         assert "2 model(s), tta True, restore probabilities, decode regions (thresholds {'masses'" in log
+        assert f", mass seed {summary['mass_seed']:g}, post-processing" in log
     assert (results / "report/report.html").exists()
     check_paired_decodings(workdir, tmp_path / "decodings.tsv")
     # Changing only the way back reruns prediction and what follows it, never training.

@@ -356,6 +356,40 @@ def test_one_tumour_matches_a_loop_over_components_and_leaves_one_mass_alone():
     np.testing.assert_array_equal(pp.one_tumour(two_kidneys()), two_kidneys())
 
 
+# --- seeded_masses -----------------------------------------------------------------------------------------------
+
+
+def test_seeded_masses_keeps_a_small_sure_lesion_and_drops_a_large_unsure_one():
+    labels = two_kidneys()
+    box(labels, 2, (8, 10), (14, 16), (8, 10))  # a small tumour of 8 voxels the network is sure of ...
+    box(labels, 3, (8, 9), (14, 16), (10, 11))  # ... with 2 cyst voxels touching it: one mass
+    box(labels, 2, (10, 16), (20, 26), (10, 16))  # a large tumour of 216 in the same kidney, never sure
+    box(labels, 3, (10, 12), (14, 16), (44, 46))  # a cyst in the other kidney, sure at one voxel only
+    probability = np.where(np.isin(labels, (2, 3)), 0.6, 0.1).astype(np.float32)
+    probability[9, 15, 9] = 0.95
+    probability[11, 15, 45] = 0.9
+    out = pp.seeded_masses(labels, probability, min_peak=0.9)
+    expected = labels.copy()
+    expected[10:16, 20:26, 10:16] = 1  # the unsure mass becomes kidney; the foreground is unchanged
+    np.testing.assert_array_equal(out, expected)
+    # The same on 255ths (restore_region_probability's uint8): 0.9 is 229.5, so 230 passes and 229 does not.
+    in_255ths = np.round(probability * 255).astype(np.uint8)
+    np.testing.assert_array_equal(pp.seeded_masses(labels, in_255ths, 0.9), expected)
+    in_255ths[11, 15, 45] = 229
+    assert (pp.seeded_masses(labels, in_255ths, 0.9)[10:12, 14:16, 44:46] == 1).all()
+    # At 0 every mass stays; labels is never modified.
+    np.testing.assert_array_equal(pp.seeded_masses(labels, probability, 0.0), labels)
+    assert labels[12, 22, 12] == 2
+
+
+def test_seeded_masses_refuses_a_probability_of_another_shape_or_a_peak_outside_0_1():
+    labels = two_kidneys()
+    with pytest.raises(ValueError, match="shape"):
+        pp.seeded_masses(labels, np.zeros((2, 2, 2), np.float32), 0.5)
+    with pytest.raises(ValueError, match="min_peak"):
+        pp.seeded_masses(labels, np.zeros(labels.shape, np.float32), 1.5)
+
+
 # --- apply -------------------------------------------------------------------------------------------------------
 
 

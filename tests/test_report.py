@@ -250,6 +250,12 @@ def test_inference_line_says_where_post_processing_was_decided():
     assert inference_line(pruned, infer).endswith("tried on the fixed holdout (2 cases), redundant steps pruned)")
     tried = [{"decoding": "masses 0.5", "region": "masses"}, {"decoding": "masses 0.3", "region": "masses"}]
     thresholds = {**best, "region_thresholds": {"masses": 0.3}, "threshold_table": tried}
-    assert "probabilities resampled; region thresholds masses at 0.3 (of 2 combinations); post-processing" in (
+    assert "probabilities resampled; region thresholds masses at 0.3 (of 2 decodings); post-processing" in (
         inference_line(thresholds, infer)
     )
+    seeds = [{"decoding": "no thresholds"}, {"decoding": "no thresholds, mass seed 0.9"}]
+    seeded = {**best, "region_thresholds": {}, "mass_seed": 0.9, "threshold_table": seeds}
+    assert "probabilities resampled; masses need a voxel of probability 0.9 (of 2 decodings); post-processing" in (
+        inference_line(seeded, infer)
+    )
+    assert "; every mass kept (mass seed 0); post-processing" in inference_line({**best, "mass_seed": 0.0}, infer)

@@ -17,6 +17,7 @@ def main(smk):
         smk.threads,
         smk.params.regions,
         summary.get("region_thresholds") or {},
+        summary.get("mass_seed"),
     )
 
 

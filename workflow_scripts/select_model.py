@@ -70,6 +70,7 @@ def main(smk):
             "postprocess_prune": cfg["postprocess_prune"],
             "postprocess_cases": decision["cases"],
             "region_thresholds": decision["thresholds"],
+            "mass_seed": decision["mass_seed"],
             "threshold_table": decision["threshold_table"],
         },
     )

@@ -7,7 +7,7 @@ that the check costs no torch import.
 from __future__ import annotations
 
 from segflow.labelsets import allowed_labels, label_tree, n_classes, threshold_choices
-from segflow.postprocess import LABELS_OF_STEP
+from segflow.postprocess import KIDNEY, LABELS_OF_STEP, MASSES
 from segflow.preflight import ConfigError
 
 MODELS_BY_DIMS = {
@@ -105,6 +105,7 @@ def check_config(config: dict) -> None:
     if unknown:
         raise ConfigError(f"score.labels has values {unknown} outside selection.labels {sorted(allowed)}")
     _check_postprocess_labels(train["postprocess"], score["labels"])
+    _check_mass_seed(config["infer"], score["labels"])
 
 
 def _check_postprocess_labels(steps: list, labels: dict) -> None:
@@ -118,6 +119,19 @@ def _check_postprocess_labels(steps: list, labels: dict) -> None:
                 f"train.postprocess step {step} works on KiTS labels ({wanted}), but score.labels is {labels}; remove "
                 "it from train.postprocess (largest_foreground works on any label set)"
             )
+
+
+def _check_mass_seed(infer: dict, labels: dict) -> None:
+    """infer.mass_seed reads classes 2 and 3 as KiTS's masses (tumour, and cyst where there is one: KiTS19 has
+    none) and writes kidney (1)."""
+    if not infer.get("mass_seed"):
+        return
+    named_3 = [name for name, value in labels.items() if value == MASSES[1]]
+    if labels.get("kidney") != KIDNEY or labels.get("tumor") != MASSES[0] or named_3 not in ([], ["cyst"]):
+        raise ConfigError(
+            f"infer.mass_seed works on KiTS labels (kidney: 1, tumor: 2, and cyst: 3 if any), but score.labels is "
+            f"{labels}; set infer.mass_seed to [] for this label set"
+        )
 
 
 def _check_ordered_ranges(augment: dict) -> None:

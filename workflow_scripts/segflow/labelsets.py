@@ -123,6 +123,11 @@ def threshold_choices(infer: dict) -> list[dict[str, float]]:
     return [dict(zip(names, (float(v) for v in values))) for values in itertools.product(*lists)]
 
 
+def seed_choices(infer: dict) -> list[float | None]:
+    """``infer.mass_seed``'s candidate peaks in order, [None] without seeding (segflow.postprocess.seeded_masses)."""
+    return [float(peak) for peak in infer.get("mass_seed") or []] or [None]
+
+
 def threshold_name(thresholds: dict) -> str:
     """A threshold combination as text ("masses 0.4"), the name select_model's threshold_table gives it."""
     return ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "no thresholds"

@@ -20,7 +20,7 @@ from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
 from segflow.inference import case_probabilities, probability_labels
-from segflow.labelsets import label_tree, threshold_choices, threshold_name
+from segflow.labelsets import label_tree, seed_choices, threshold_choices, threshold_name
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -135,26 +135,29 @@ def decide_postprocessing(
     threads: int = 1,
     prune: bool = False,
 ) -> dict:
-    """Which post-processing steps, and which of ``infer.region_thresholds``' candidates, help on ``case_dirs``:
-    cases the model never trained on (nnU-Net decides on its cross-validation's predictions the same way).
+    """Which post-processing steps, and which of ``infer.region_thresholds``' and ``infer.mass_seed``'s candidates,
+    help on ``case_dirs``: cases the model never trained on (nnU-Net decides on its cross-validation's predictions
+    the same way).
 
     The cases are predicted once on the preprocessed grid, where their reference labels are, with the same
-    ensemble, mirroring and decoding as the test cases, and decoded with every threshold combination; each
-    combination gets its own post-processing decision (segflow.postprocess.decide_with_decodings; ``prune``:
-    train.postprocess_prune). Returns
-    ``{"steps", "table", "cases", "thresholds", "threshold_table"}``; ``thresholds`` are the first candidates
-    when there is no case to decide on.
+    ensemble, mirroring and decoding as the test cases, and decoded with every threshold combination and seed;
+    each decoding gets its own post-processing decision (segflow.postprocess.decide_with_decodings; ``prune``:
+    train.postprocess_prune). Returns ``{"steps", "table", "cases", "thresholds", "mass_seed", "threshold_table"}``;
+    ``thresholds`` and ``mass_seed`` are the first candidates when there is no case to decide on.
     """
-    from segflow.postprocess import decide_with_decodings
+    from segflow.postprocess import MASSES, decide_with_decodings, seeded_masses
 
-    choices = threshold_choices(infer)
-    undecided = {"steps": [], "table": [], "cases": [], "thresholds": choices[0], "threshold_table": []}
+    choices = [(t, seed) for t in threshold_choices(infer) for seed in seed_choices(infer)]
+    undecided = {"steps": [], "table": [], "cases": [], "thresholds": choices[0][0], "mass_seed": choices[0][1]}
+    undecided["threshold_table"] = []
     if not case_dirs or (not candidates and len(choices) == 1):
         if not case_dirs and (candidates or len(choices) > 1):
             log.warning(
-                "train.postprocess / infer.region_thresholds: no case to decide on (set train.holdout_fraction "
-                "above 0, or train.postprocess_on to unseen); no post-processing, thresholds %s",
-                choices[0] or "none",
+                "train.postprocess / infer.region_thresholds / infer.mass_seed: no case to decide on (set "
+                "train.holdout_fraction above 0, or train.postprocess_on to unseen); no post-processing, "
+                "thresholds %s, mass seed %s",
+                choices[0][0] or "none",
+                choices[0][1],
             )
         return undecided
     torch.set_num_threads(max(1, threads))
@@ -169,20 +172,27 @@ def decide_postprocessing(
         for case_dir in case_dirs:
             image, label = load_case(case_dir)
             probabilities = case_probabilities(models, image, checkpoint, infer, device)
+            masses = None
+            if any(seed is not None for _, seed in choices):
+                classes = [c for c in MASSES if c < probabilities.shape[1]]  # KiTS19 has no cyst
+                masses = np.asarray(probabilities[:, classes], dtype=np.float32).sum(axis=1)
             saved = Path(scratch) / Path(case_dir).name
-            for index, thresholds in enumerate(choices):
+            for index, (thresholds, seed) in enumerate(choices):
                 tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
-                decoded[index].append(_saved(f"{saved}_{index}.npy", probability_labels(probabilities, tree)))
+                labels = probability_labels(probabilities, tree)
+                if seed is not None:
+                    labels = seeded_masses(labels, masses, seed)
+                decoded[index].append(_saved(f"{saved}_{index}.npy", labels))
             references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
-            del probabilities
-        named = [(threshold_name(c), labels) for c, labels in zip(choices, decoded)]
+            del probabilities, masses
+        named = [(decoding_name(t, seed), labels) for (t, seed), labels in zip(choices, decoded)]
         index, steps, table, threshold_table = decide_with_decodings(
             named, references, list(candidates), region_sets, prune=prune
         )
     log.info(
-        "decided on %d cases: thresholds %s of %d combination(s), post-processing %s of %s",
+        "decided on %d cases: %s of %d decoding(s), post-processing %s of %s",
         len(case_dirs),
-        choices[index] or "none",
+        named[index][0],
         len(choices),
         steps or "none",
         candidates,
@@ -191,9 +201,15 @@ def decide_postprocessing(
         "steps": steps,
         "table": table,
         "cases": [Path(d).name for d in case_dirs],
-        "thresholds": choices[index],
+        "thresholds": choices[index][0],
+        "mass_seed": choices[index][1],
         "threshold_table": threshold_table if len(choices) > 1 else [],
     }
+
+
+def decoding_name(thresholds: dict, seed: float | None) -> str:
+    """A decoding as the threshold table names it: "masses 0.4" or "no thresholds", and ", mass seed 0.9"."""
+    return threshold_name(thresholds) + ("" if seed is None else f", mass seed {seed:g}")
 
 
 def _saved(path: str, labels: np.ndarray):

@@ -316,6 +316,36 @@ def one_tumour(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def seeded_masses(labels: np.ndarray, masses_probability: np.ndarray, min_peak: float) -> np.ndarray:
+    """Keep a mass (26-connected tumour/cyst component) only where the network was sure somewhere inside it: its
+    highest masses probability reaches ``min_peak``; the voxels of the others become kidney (label 1). Hysteresis
+    thresholding: the decoding grows masses where the probability passes one half, a seed of ``min_peak`` makes
+    one real. Size cannot tell a small lesion from a large false mass on the renal pelvis; how sure the network
+    was can (docs/quality.md).
+
+    ``masses_probability`` is the probability of the masses region on the same grid as ``labels``, in [0, 1] or,
+    as uint8, in 255ths (segflow.restore.restore_region_probability). Not one of ``STEPS``: it reads probabilities,
+    so it runs where they are (the decoding, segflow.predict and select_model), before the steps.
+    """
+    labels = _check_labels(labels)
+    probability = np.asarray(masses_probability)
+    if probability.shape != labels.shape:
+        raise ValueError(f"masses probability shape {probability.shape} != labels shape {labels.shape}")
+    if not 0 <= min_peak <= 1:
+        raise ValueError(f"min_peak must be in [0, 1], got {min_peak}")
+    if probability.dtype == np.uint8:  # 255ths: compare in integers, as the probability was rounded to them
+        min_peak = int(np.ceil(min_peak * 255 - 1e-9))
+    out, box, mass_ids, n_masses = _boxed_components(labels, np.isin(labels, MASSES))
+    if n_masses == 0:
+        return out
+    region, is_mass = out[box], mass_ids > 0  # region is a view: writing it writes out
+    seeded = np.zeros(n_masses + 1, dtype=bool)
+    seeded[np.unique(mass_ids[is_mass & (probability[box] >= min_peak)])] = True
+    seeded[0] = False
+    region[is_mass & ~seeded[mass_ids]] = KIDNEY
+    return out
+
+
 STEPS: dict[str, Callable[..., np.ndarray]] = {
     "largest_foreground": keep_largest_foreground,
     "largest_kidneys": keep_largest_kidneys,

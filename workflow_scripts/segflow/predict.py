@@ -21,19 +21,29 @@ from segflow.device import pick_device
 from segflow.inference import case_probabilities, probability_labels
 from segflow.io import read_json, save_nifti
 from segflow.labelsets import label_tree
-from segflow.restore import restore_labels, restore_probabilities
+from segflow.postprocess import MASSES, seeded_masses
+from segflow.postprocess import apply as apply_postprocessing
+from segflow.restore import restore_labels, restore_probabilities, restore_region_probability
 
 log = logging.getLogger(__name__)
 
 
 def predict_volume(
-    models, case_dir, infer: dict, device: torch.device, context, regions: dict | None = None, thresholds=None
+    models,
+    case_dir,
+    infer: dict,
+    device: torch.device,
+    context,
+    regions: dict | None = None,
+    thresholds=None,
+    mass_seed: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Labels on the original grid of one preprocessed case (before post-processing), and its meta.json.
 
     ``context`` is the checkpoint dictionary of segflow.checkpoints.load_models (or, 2D only, its context_slices);
-    ``regions`` (``score.regions``) are needed with ``infer.decode: regions``, and ``thresholds`` are the region
-    thresholds select_model chose from ``infer.region_thresholds`` (best.json's ``region_thresholds``)."""
+    ``regions`` (``score.regions``) are needed with ``infer.decode: regions``; ``thresholds`` and ``mass_seed``
+    are what select_model chose from ``infer.region_thresholds`` and ``infer.mass_seed`` (best.json's
+    ``region_thresholds`` and ``mass_seed``; None: no seeding)."""
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
     checkpoint = context if isinstance(context, dict) else {"context_slices": context}
@@ -41,8 +51,13 @@ def predict_volume(
     meta["n_classes"] = probabilities.shape[1]
     tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
     if infer["restore"] == "probabilities":
-        return restore_probabilities(probabilities, meta, tree), meta
-    return restore_labels(probability_labels(probabilities, tree), meta), meta
+        labels = restore_probabilities(probabilities, meta, tree)
+    else:
+        labels = restore_labels(probability_labels(probabilities, tree), meta)
+    if mass_seed is not None:  # the masses' probability on the same grid, resampled as the probabilities are
+        classes = [c for c in MASSES if c < probabilities.shape[1]]  # KiTS19 has no cyst
+        labels = seeded_masses(labels, restore_region_probability(probabilities, meta, classes), mass_seed)
+    return labels, meta
 
 
 def predict_case(
@@ -55,17 +70,16 @@ def predict_case(
     threads: int = 1,
     regions=None,
     thresholds=None,
+    mass_seed: float | None = None,
 ):
-    """Predict one case and save the label map with the raw image's shape and affine (``regions``, ``thresholds``:
-    see predict_volume)."""
+    """Predict one case and save the label map with the raw image's shape and affine (``regions``, ``thresholds``,
+    ``mass_seed``: see predict_volume)."""
     import nibabel as nib
-
-    from segflow.postprocess import apply as apply_postprocessing
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(checkpoint_path, device)
-    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint, regions, thresholds)
+    labels, _ = predict_volume(models, case_dir, infer, device, checkpoint, regions, thresholds, mass_seed)
     raw = nib.load(str(raw_image_path))
     if list(raw.shape[:3]) != list(labels.shape):
         raise RuntimeError(f"{raw_image_path}: prediction shape {list(labels.shape)} != image {list(raw.shape)}")
@@ -73,13 +87,14 @@ def predict_case(
         labels = apply_postprocessing(labels, list(postprocess))
     save_nifti(output_path, labels, raw.affine)
     log.info(
-        "%s: %d model(s), tta %s, restore %s, decode %s%s, post-processing %s; labels %s",
+        "%s: %d model(s), tta %s, restore %s, decode %s%s%s, post-processing %s; labels %s",
         Path(output_path).name,
         len(models),
         infer["tta"],
         infer["restore"],
         infer["decode"],
         f" (thresholds {thresholds})" if thresholds else "",
+        "" if mass_seed is None else f", mass seed {mass_seed:g}",
         list(postprocess) or "none",
         dict(zip(*map(list, np.unique(labels, return_counts=True)))),
     )

@@ -218,7 +218,11 @@ def inference_line(best: dict, infer: dict) -> str:
     decoding = ", ".join(f"{name} at {value:g}" for name, value in thresholds.items())
     tried = len({row["decoding"] for row in best.get("threshold_table") or []})
     if decoding:
-        way_back += f"; region thresholds {decoding}" + (f" (of {tried} combinations)" if tried > 1 else "")
+        way_back += f"; region thresholds {decoding}" + (f" (of {tried} decodings)" if tried > 1 else "")
+    if best.get("mass_seed") is not None:
+        seed = best["mass_seed"]
+        way_back += f"; masses need a voxel of probability {seed:g}" if seed else "; every mass kept (mass seed 0)"
+        way_back += f" (of {tried} decodings)" if tried > 1 and not decoding else ""
     return f"{models}; {mirroring}; {way_back}; post-processing: {post}"
 
 

@@ -31,7 +31,7 @@ def restore_labels(pred_zhw: np.ndarray, meta: dict) -> np.ndarray:
             classes = torch.arange(n_classes, dtype=torch.uint8)[None, :, None, None]
         return (torch.from_numpy(np.asarray(pred[z_index], dtype=np.uint8))[:, None] == classes).float()
 
-    return _restore(class_maps, pred.shape, n_classes, meta)
+    return _restore(class_maps, pred.shape, n_classes, meta, _label_decoder(None))
 
 
 def restore_probabilities(prob_zchw: np.ndarray, meta: dict, tree: list | None = None) -> np.ndarray:
@@ -40,19 +40,47 @@ def restore_probabilities(prob_zchw: np.ndarray, meta: dict, tree: list | None =
     export (or, with a region ``tree``, the top-down decoding of segflow.inference.decode_labels). Boundaries then
     fall between the network's pixels rather than on them."""
     prob = np.asarray(prob_zchw)
+    return _restore(
+        _probability_maps(prob), (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta, _label_decoder(tree)
+    )
 
+
+def restore_region_probability(prob_zchw: np.ndarray, meta: dict, classes) -> np.ndarray:
+    """The probability of a region (the sum over its ``classes``) on the original grid, as uint8 in 255ths (0
+    outside the crop): resampled like restore_probabilities' class maps, so it sits voxel for voxel under its
+    labels. Post-processing reads it to rank components by how sure the network was (segflow.postprocess)."""
+    import torch
+
+    prob = np.asarray(prob_zchw)
+    index = torch.as_tensor(list(classes), dtype=torch.long)
+
+    def in_255ths(probability):
+        share = probability.index_select(1, index).sum(dim=1).clamp(0, 1)
+        return (share * 255).round().to(torch.uint8)
+
+    return _restore(_probability_maps(prob), (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta, in_255ths)
+
+
+def _probability_maps(prob: np.ndarray):
     def class_maps(z_index):
         import torch
 
         return torch.from_numpy(np.asarray(prob[z_index], dtype=np.float32))
 
-    return _restore(class_maps, (prob.shape[0], *prob.shape[2:]), prob.shape[1], meta, tree)
+    return class_maps
 
 
-def _restore(class_maps, zhw_shape, n_classes: int, meta: dict, tree: list | None = None) -> np.ndarray:
+def _label_decoder(tree: list | None):
+    """Probabilities (n, C, H, W) -> labels (n, H, W): segflow.inference.decode_labels (the argmax without a tree)."""
+    from segflow.inference import decode_labels
+
+    return lambda probability: decode_labels(probability, tree)
+
+
+def _restore(class_maps, zhw_shape, n_classes: int, meta: dict, decode) -> np.ndarray:
     """The way back shared by labels and probabilities: trace every cropped voxel to the prediction grid, sample
-    the class maps there and decode them (the argmax without a region ``tree``), then pad the crop with background
-    and undo the orientation."""
+    the class maps there and ``decode`` them to uint8 (labels, or a region's probability), then pad the crop with
+    zeros (background) and undo the orientation."""
     cropped_shape = meta["cropped_shape"]
     resampling = meta.get("resampling")
     if resampling:
@@ -64,7 +92,7 @@ def _restore(class_maps, zhw_shape, n_classes: int, meta: dict, tree: list | Non
     at = [(np.arange(n) - o) / s for n, s, o in zip(cropped_shape, scale, offset)]
     z_index = _nearest(at[0], zhw_shape[0])
     rows, cols = [(at[axis] + 0.5) * zhw_shape[axis] / grid_shape[axis] - 0.5 for axis in (1, 2)]
-    cropped = _interpolate_classes(class_maps, zhw_shape[1:], z_index, rows, cols, n_classes, tree)
+    cropped = _interpolate_classes(class_maps, zhw_shape[1:], z_index, rows, cols, n_classes, decode)
 
     oriented = meta["oriented_shape"]
     zhw = np.zeros([oriented[meta["slice_dim"]], *(oriented[d] for d in meta["plane_dims"])], dtype=np.uint8)
@@ -75,17 +103,15 @@ def _restore(class_maps, zhw_shape, n_classes: int, meta: dict, tree: list | Non
     return np.ascontiguousarray(restored)
 
 
-def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes: int, tree=None) -> np.ndarray:
+def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes: int, decode) -> np.ndarray:
     """Slices ``z_index`` of per-class maps (``class_maps(z) -> (n, C, H, W)`` float tensor) sampled bilinearly
-    at (rows x cols), decoded per voxel (segflow.inference.decode_labels: the argmax without a region ``tree``).
+    at (rows x cols), then ``decode``d per voxel to uint8 (n, H, W).
 
     grid_sample with border padding samples exactly like the forward resize's pixel-centre geometry, at any
     positions; chunks of slices bound the memory (one float per class per output voxel of the chunk).
     """
     import torch
     import torch.nn.functional as F
-
-    from segflow.inference import decode_labels
 
     # Normalised coordinates (align_corners=False): pixel p of n sits at (2p + 1) / n - 1; grid order is (x, y).
     y, x = [torch.from_numpy((2 * c + 1) / n - 1).float() for c, n in ((rows, plane_shape[0]), (cols, plane_shape[1]))]
@@ -96,5 +122,5 @@ def _interpolate_classes(class_maps, plane_shape, z_index, rows, cols, n_classes
         maps = class_maps(z_index[z0:z1])
         grid_z = grid.expand(z1 - z0, *grid.shape)
         probability = F.grid_sample(maps, grid_z, mode="bilinear", padding_mode="border", align_corners=False)
-        out[z0:z1] = decode_labels(probability, tree).numpy()
+        out[z0:z1] = decode(probability).numpy()
     return out
