@@ -365,12 +365,14 @@ def test_seeded_masses_keeps_a_small_sure_lesion_and_drops_a_large_unsure_one():
     box(labels, 3, (8, 9), (14, 16), (10, 11))  # ... with 2 cyst voxels touching it: one mass
     box(labels, 2, (10, 16), (20, 26), (10, 16))  # a large tumour of 216 in the same kidney, never sure
     box(labels, 3, (10, 12), (14, 16), (44, 46))  # a cyst in the other kidney, sure at one voxel only
+    box(labels, 2, (1, 3), (1, 4), (28, 31))  # an unsure tumour blob away from both kidneys
     probability = np.where(np.isin(labels, (2, 3)), 0.6, 0.1).astype(np.float32)
     probability[9, 15, 9] = 0.95
     probability[11, 15, 45] = 0.9
     out = pp.seeded_masses(labels, probability, min_peak=0.9)
     expected = labels.copy()
-    expected[10:16, 20:26, 10:16] = 1  # the unsure mass becomes kidney; the foreground is unchanged
+    expected[10:16, 20:26, 10:16] = 1  # the unsure mass inside a kidney becomes kidney ...
+    expected[1:3, 1:4, 28:31] = 0  # ... and the one standing alone background
     np.testing.assert_array_equal(out, expected)
     # The same on 255ths (restore_region_probability's uint8): 0.9 is 229.5, so 230 passes and 229 does not.
     in_255ths = np.round(probability * 255).astype(np.uint8)

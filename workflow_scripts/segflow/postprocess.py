@@ -318,10 +318,10 @@ def one_tumour(labels: np.ndarray) -> np.ndarray:
 
 def seeded_masses(labels: np.ndarray, masses_probability: np.ndarray, min_peak: float) -> np.ndarray:
     """Keep a mass (26-connected tumour/cyst component) only where the network was sure somewhere inside it: its
-    highest masses probability reaches ``min_peak``; the voxels of the others become kidney (label 1). Hysteresis
-    thresholding: the decoding grows masses where the probability passes one half, a seed of ``min_peak`` makes
-    one real. Size cannot tell a small lesion from a large false mass on the renal pelvis; how sure the network
-    was can (docs/quality.md).
+    highest masses probability reaches ``min_peak``. An unsure mass becomes what surrounds it: kidney (label 1)
+    where its foreground component holds kidney, background where it stands alone (made kidney, a far false blob
+    would outrank a kidney in ``largest_kidneys``). Hysteresis thresholding: the decoding grows masses where the
+    probability passes one half, a seed of ``min_peak`` makes one real.
 
     ``masses_probability`` is the probability of the masses region on the same grid as ``labels``, in [0, 1] or,
     as uint8, in 255ths (segflow.restore.restore_region_probability). Not one of ``STEPS``: it reads probabilities,
@@ -335,14 +335,19 @@ def seeded_masses(labels: np.ndarray, masses_probability: np.ndarray, min_peak: 
         raise ValueError(f"min_peak must be in [0, 1], got {min_peak}")
     if probability.dtype == np.uint8:  # 255ths: compare in integers, as the probability was rounded to them
         min_peak = int(np.ceil(min_peak * 255 - 1e-9))
-    out, box, mass_ids, n_masses = _boxed_components(labels, np.isin(labels, MASSES))
-    if n_masses == 0:
+    out, box, foreground_ids, n = _foreground_components(labels)
+    if n == 0:
         return out
-    region, is_mass = out[box], mass_ids > 0  # region is a view: writing it writes out
+    region = out[box]  # a view: writing it writes out
+    is_mass = np.isin(region, MASSES)
+    mass_ids, n_masses = _components(is_mass)
     seeded = np.zeros(n_masses + 1, dtype=bool)
     seeded[np.unique(mass_ids[is_mass & (probability[box] >= min_peak)])] = True
     seeded[0] = False
-    region[is_mass & ~seeded[mass_ids]] = KIDNEY
+    unsure = is_mass & ~seeded[mass_ids]
+    with_kidney = np.zeros(n + 1, dtype=bool)
+    with_kidney[np.unique(foreground_ids[region == KIDNEY])] = True
+    region[unsure] = np.where(with_kidney[foreground_ids[unsure]], KIDNEY, 0)
     return out
 
 
