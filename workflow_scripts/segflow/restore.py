@@ -48,7 +48,8 @@ def restore_probabilities(prob_zchw: np.ndarray, meta: dict, tree: list | None =
 def restore_region_probability(prob_zchw: np.ndarray, meta: dict, classes) -> np.ndarray:
     """The probability of a region (the sum over its ``classes``) on the original grid, as uint8 in 255ths (0
     outside the crop): resampled like restore_probabilities' class maps, so it sits voxel for voxel under its
-    labels. Post-processing reads it to rank components by how sure the network was (segflow.postprocess)."""
+    labels. infer.mass_seed reads it to keep only the masses the network was sure of somewhere
+    (segflow.postprocess.seeded_masses)."""
     import torch
 
     prob = np.asarray(prob_zchw)
