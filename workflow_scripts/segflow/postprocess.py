@@ -240,15 +240,23 @@ def keep_largest_mass(labels: np.ndarray) -> np.ndarray:
     return _keep_largest_masses(_check_labels(labels), per_kidney=False)
 
 
-def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
+def _masses_in_foreground(labels: np.ndarray):
+    """(a copy of labels, and None or: the foreground's box, and inside it a view of the copy, the foreground
+    component ids and their count, the mass mask, the mass component ids and their count). The mass steps that need
+    to know which kidney a mass lies in label both."""
     out, box, foreground_ids, n = _foreground_components(labels)
     if n == 0:
-        return out
+        return out, None
     region = out[box]  # a view: writing it writes out
     is_mass = np.isin(region, MASSES)
-    mass_ids, n_masses = _components(is_mass)
-    if n_masses <= 1:
+    return out, (box, region, foreground_ids, n, is_mass, *_components(is_mass))
+
+
+def _keep_largest_masses(labels: np.ndarray, per_kidney: bool) -> np.ndarray:
+    out, parts = _masses_in_foreground(labels)
+    if parts is None or parts[-1] <= 1:
         return out
+    _, region, foreground_ids, _, is_mass, mass_ids, n_masses = parts
     sizes = np.bincount(mass_ids.ravel(), minlength=n_masses + 1)[1:]
     # The foreground component each mass lies in (all its voxels share one); a single group without per_kidney.
     owner = np.zeros(n_masses + 1, dtype=np.int64)
@@ -335,12 +343,10 @@ def seeded_masses(labels: np.ndarray, masses_probability: np.ndarray, min_peak: 
         raise ValueError(f"min_peak must be in [0, 1], got {min_peak}")
     if probability.dtype == np.uint8:  # 255ths: compare in integers, as the probability was rounded to them
         min_peak = int(np.ceil(min_peak * 255 - 1e-9))
-    out, box, foreground_ids, n = _foreground_components(labels)
-    if n == 0:
+    out, parts = _masses_in_foreground(labels)
+    if parts is None:
         return out
-    region = out[box]  # a view: writing it writes out
-    is_mass = np.isin(region, MASSES)
-    mass_ids, n_masses = _components(is_mass)
+    box, region, foreground_ids, n, is_mass, mass_ids, n_masses = parts
     seeded = np.zeros(n_masses + 1, dtype=bool)
     seeded[np.unique(mass_ids[is_mass & (probability[box] >= min_peak)])] = True
     seeded[0] = False
