@@ -73,7 +73,7 @@ def score_case(
     from segflow.inference import case_probabilities, probability_labels
     from segflow.io import read_json
     from segflow.labelsets import label_tree
-    from segflow.postprocess import MASSES, apply, seeded_masses
+    from segflow.postprocess import apply, mass_classes, seeded_masses
     from segflow.restore import restore_labels, restore_probabilities, restore_region_probability
     from segflow.score import score_arrays
 
@@ -94,8 +94,7 @@ def score_case(
     truth = np.asarray(reference.dataobj)
     masses = None
     if mass_seed is not None:
-        classes = [c for c in MASSES if c < probabilities.shape[1]]
-        masses = restore_region_probability(probabilities, meta, classes)
+        masses = restore_region_probability(probabilities, meta, mass_classes(probabilities.shape[1]))
     rows = []
     for name, decode, thresholds, pipeline in ways:
         tree = label_tree({**infer, "decode": decode}, regions, probabilities.shape[1], thresholds)

@@ -134,13 +134,18 @@ def test_scanner_augmentations_change_the_image_only_and_stay_off_by_default():
     assert np.abs(np.diff(np.asarray(blurred["image"]), axis=-1)).mean() < np.abs(np.diff(image, axis=-1)).mean()
 
 
-def test_probability_restore_matches_the_label_path_on_one_hot_input(tmp_path):
+def preprocessed_one_hot(tmp_path, dtype=np.float16):
+    """A small written and preprocessed case: its segmentation path, meta.json (with n_classes), its preprocessed
+    labels and their one-hot probabilities (Z, 4, H, W)."""
     image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
     meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
-    _, labels = load_case(tmp_path / "a")
-    labels = np.asarray(labels)
+    labels = np.asarray(load_case(tmp_path / "a")[1])
     meta["n_classes"] = 4
-    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float16)
+    return seg, meta, labels, (labels[:, None] == np.arange(4)[None, :, None, None]).astype(dtype)
+
+
+def test_probability_restore_matches_the_label_path_on_one_hot_input(tmp_path):
+    seg, meta, labels, one_hot = preprocessed_one_hot(tmp_path)
     from_labels = restore_labels(labels, meta)
     from_probabilities = restore_probabilities(one_hot, meta)
     assert np.array_equal(from_labels, from_probabilities)  # hard probabilities are the label path exactly
@@ -174,12 +179,7 @@ def test_probability_restore_places_boundaries_between_pixels():
 
 
 def test_region_probability_is_zero_outside_the_crop_and_sums_its_classes(tmp_path):
-    image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
-    meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
-    _, labels = load_case(tmp_path / "a")
-    labels = np.asarray(labels)
-    meta["n_classes"] = 4
-    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float32)
+    _, meta, labels, one_hot = preprocessed_one_hot(tmp_path, np.float32)
     restored = restore_labels(labels, meta)
     masses = restore_region_probability(one_hot, meta, [2, 3])
     assert masses.dtype == np.uint8 and masses.shape == restored.shape
@@ -276,11 +276,7 @@ def test_region_decoding_follows_the_regions_where_the_argmax_splits_them():
 
 
 def test_region_decoding_on_the_way_back_keeps_hard_labels(tmp_path):
-    image, seg = write_case(tmp_path / "raw", shape=(40, 36, 10))
-    meta = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "crop_margin": 1, "size": [24, 24]})
-    labels = np.asarray(load_case(tmp_path / "a")[1])
-    meta["n_classes"] = 4
-    one_hot = (labels[:, None] == np.arange(4)[None, :, None, None]).astype(np.float16)
+    _, meta, labels, one_hot = preprocessed_one_hot(tmp_path)
     tree = region_tree(KITS_REGIONS, 4)
     assert np.array_equal(restore_probabilities(one_hot, meta, tree), restore_labels(labels, meta))
     assert np.array_equal(probability_labels(one_hot, tree), labels)

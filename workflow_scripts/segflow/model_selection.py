@@ -145,19 +145,26 @@ def decide_postprocessing(
     train.postprocess_prune). Returns ``{"steps", "table", "cases", "thresholds", "mass_seed", "threshold_table"}``;
     ``thresholds`` and ``mass_seed`` are the first candidates when there is no case to decide on.
     """
-    from segflow.postprocess import MASSES, decide_with_decodings, seeded_masses
+    from segflow.postprocess import decide_with_decodings, mass_classes, seeded_masses
 
     choices = [(t, seed) for t in threshold_choices(infer) for seed in seed_choices(infer)]
-    undecided = {"steps": [], "table": [], "cases": [], "thresholds": choices[0][0], "mass_seed": choices[0][1]}
-    undecided["threshold_table"] = []
+    first_thresholds, first_seed = choices[0]
+    undecided = {
+        "steps": [],
+        "table": [],
+        "cases": [],
+        "thresholds": first_thresholds,
+        "mass_seed": first_seed,
+        "threshold_table": [],
+    }
     if not case_dirs or (not candidates and len(choices) == 1):
         if not case_dirs and (candidates or len(choices) > 1):
             log.warning(
                 "train.postprocess / infer.region_thresholds / infer.mass_seed: no case to decide on (set "
                 "train.holdout_fraction above 0, or train.postprocess_on to unseen); no post-processing, "
                 "thresholds %s, mass seed %s",
-                choices[0][0] or "none",
-                choices[0][1],
+                first_thresholds or "none",
+                first_seed,
             )
         return undecided
     torch.set_num_threads(max(1, threads))
@@ -174,7 +181,7 @@ def decide_postprocessing(
             probabilities = case_probabilities(models, image, checkpoint, infer, device)
             masses = None
             if any(seed is not None for _, seed in choices):
-                classes = [c for c in MASSES if c < probabilities.shape[1]]  # KiTS19 has no cyst
+                classes = mass_classes(probabilities.shape[1])
                 masses = np.asarray(probabilities[:, classes], dtype=np.float32).sum(axis=1)
             saved = Path(scratch) / Path(case_dir).name
             for index, (thresholds, seed) in enumerate(choices):

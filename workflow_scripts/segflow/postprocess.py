@@ -324,6 +324,11 @@ def one_tumour(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+def mass_classes(n_classes: int) -> list[int]:
+    """The mass classes a network of ``n_classes`` outputs has: tumour and cyst (KiTS19 has no cyst)."""
+    return [c for c in MASSES if c < n_classes]
+
+
 def seeded_masses(labels: np.ndarray, masses_probability: np.ndarray, min_peak: float) -> np.ndarray:
     """Keep a mass (26-connected tumour/cyst component) only where the network was sure somewhere inside it: its
     highest masses probability reaches ``min_peak``. An unsure mass becomes what surrounds it: kidney (label 1)

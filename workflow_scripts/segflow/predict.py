@@ -21,8 +21,8 @@ from segflow.device import pick_device
 from segflow.inference import case_probabilities, probability_labels
 from segflow.io import read_json, save_nifti
 from segflow.labelsets import label_tree
-from segflow.postprocess import MASSES, seeded_masses
 from segflow.postprocess import apply as apply_postprocessing
+from segflow.postprocess import mass_classes, seeded_masses
 from segflow.restore import restore_labels, restore_probabilities, restore_region_probability
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,8 @@ def predict_volume(
     else:
         labels = restore_labels(probability_labels(probabilities, tree), meta)
     if mass_seed is not None:  # the masses' probability on the same grid, resampled as the probabilities are
-        classes = [c for c in MASSES if c < probabilities.shape[1]]  # KiTS19 has no cyst
-        labels = seeded_masses(labels, restore_region_probability(probabilities, meta, classes), mass_seed)
+        masses = restore_region_probability(probabilities, meta, mass_classes(probabilities.shape[1]))
+        labels = seeded_masses(labels, masses, mass_seed)
     return labels, meta
 
 
