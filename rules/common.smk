@@ -245,10 +245,12 @@ SELECTION_ONLY_KEYS = (
 TRAIN_ROUND_PARAMS = {
     k: v for k, v in config["train"].items() if k not in SELECTION_ONLY_KEYS
 }
-# The regions train.dice_targets: regions takes Dice over; with classes they are not a param of the rounds, so
-# renaming a scored region then reruns no training.
+# The regions train.dice_targets: regions takes Dice over and train.class_balance: regions draws slices by; with
+# neither they are not a param of the rounds, so renaming a scored region then reruns no training.
 TRAIN_REGIONS = (
-    config["score"]["regions"] if config["train"]["dice_targets"] == "regions" else None
+    config["score"]["regions"]
+    if "regions" in (config["train"]["dice_targets"], config["train"]["class_balance"])
+    else None
 )
 # The regions infer.decode: regions decodes through; with argmax, renaming a scored region reruns no prediction.
 DECODE_REGIONS = (

@@ -57,6 +57,8 @@ def kits_config(workdir, server, source):
             "download": {"retries": 3, "timeout": 5.0, "backoff": 0.01},
         }
     }
+    if source == "kits23":  # slices drawn over the regions, which the rules then pass to the rounds
+        overrides["train"] = {"class_balance": "regions"}
     if source == "kits19":
         overrides["score"] = {"regions": {"kidney_and_masses": [1, 2], "tumor": [2]}, "labels": {"kidney": 1}}
     (workdir / "config" / f"{source}_local.yaml").write_text(yaml.safe_dump(overrides))

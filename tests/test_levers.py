@@ -821,8 +821,49 @@ def test_per_case_class_balance_is_a_config_choice(tmp_path):
     assert sampling_weights(Slices(), "per_case")[3] == pytest.approx(0.5 + 1 / 2)
 
 
-@pytest.mark.parametrize("value", [False, True, "per_case"])
-def test_class_balance_accepts_its_three_settings(value):
+def test_region_presence_unites_the_labels_of_each_region():
+    from segflow.data import region_presence
+
+    # kidney, tumour, cyst per slice: kidney only, kidney + tumour, kidney + cyst, nothing
+    presence = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [0, 0, 0]], dtype=bool)
+    shown = region_presence(presence, KITS_REGIONS)
+    assert shown.tolist() == [[1, 0, 0], [1, 1, 1], [1, 1, 0], [0, 0, 0]]  # kidney+masses, masses, tumour
+    # a label in no region keeps its own column; a region's label the slices never show adds nothing
+    assert region_presence(presence, {"masses": [2, 3], "other": [7]}).tolist() == [
+        [0, 0, 1],
+        [1, 0, 1],
+        [1, 0, 1],
+        [0, 0, 0],
+    ]
+
+
+def test_class_balance_over_regions_draws_a_rare_label_as_its_region():
+    from segflow.train import sampling_weights
+
+    class Slices:  # 6 kidney-only slices, 3 with a tumour, 1 with a cyst
+        def class_presence(self):
+            return np.array([[1, 0, 0]] * 6 + [[1, 1, 0]] * 3 + [[1, 0, 1]], dtype=bool)
+
+    by_label = sampling_weights(Slices(), True)
+    by_region = sampling_weights(Slices(), "regions", KITS_REGIONS)
+    cyst_share = lambda w: w[9] / w.sum()  # noqa: E731
+    tumour_share = lambda w: w[6:9].sum() / w.sum()  # noqa: E731
+    # per label the one cyst slice is drawn about a third of the time; as a mass, 1/4 of the masses' third
+    assert cyst_share(by_label) == pytest.approx((1 / 10 + 1) / 3)
+    assert cyst_share(by_region) == pytest.approx((1 / 10 + 1 / 4) / 3)
+    assert tumour_share(by_region) > tumour_share(by_label)  # the tumour region adds its own third
+    with pytest.raises(ValueError, match="class_balance is regions but the round was given no score.regions"):
+        sampling_weights(Slices(), "regions")
+
+
+def test_class_balance_over_regions_needs_regions_at_start_up():
+    check_config(config_with_defaults({"train": {"class_balance": "regions"}}))
+    with pytest.raises(ConfigError, match="train.class_balance is regions but score.regions is empty"):
+        check_config(config_with_defaults({"train": {"class_balance": "regions"}, "score": {"regions": {}}}))
+
+
+@pytest.mark.parametrize("value", [False, True, "per_case", "regions"])
+def test_class_balance_accepts_its_four_settings(value):
     from helpers import config_with_defaults
 
     assert config_with_defaults({"train": {"class_balance": value}})["train"]["class_balance"] == value

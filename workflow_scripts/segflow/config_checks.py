@@ -96,6 +96,11 @@ def check_config(config: dict) -> None:
             )
         if not score["regions"]:
             raise ConfigError("train.dice_targets is regions but score.regions is empty; name the regions there")
+    if train["class_balance"] == "regions" and not score["regions"]:
+        raise ConfigError(
+            "train.class_balance is regions but score.regions is empty; name the regions there, or set "
+            "train.class_balance to true"
+        )
     try:  # the first threshold candidates stand for all: names and the decoding are what can be wrong
         label_tree(config["infer"], score["regions"], n_classes(config), threshold_choices(config["infer"])[0])
     except ValueError as error:

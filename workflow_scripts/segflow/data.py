@@ -159,6 +159,26 @@ def class_balanced_weights(presence: np.ndarray, cases: np.ndarray | None = None
     return weights
 
 
+def region_presence(presence: np.ndarray, regions: dict) -> np.ndarray:
+    """(items, columns) bool: which of ``regions`` ({name: label values}, score.regions) each slice shows, a
+    region where any of its labels is, for ``class_balanced_weights`` over regions instead of labels
+    (``train.class_balance: regions``). A label in no region keeps a column of its own after the regions', so that
+    its slices still count as labelled.
+
+    Over the KiTS regions (kidney+masses, masses, tumour) a tumour slice counts for all three and a cyst slice
+    for two: the tumour is drawn as often as with labels, and the cysts, a few slices that labels give a third of
+    the draws, as masses.
+    """
+    width = presence.shape[1]
+    covered, columns = set(), []
+    for labels in regions.values():
+        indices = sorted({int(v) - 1 for v in labels if 1 <= int(v) <= width})
+        covered.update(indices)
+        columns.append(presence[:, indices].any(axis=1))
+    columns += [presence[:, c] for c in range(width) if c not in covered]
+    return np.stack(columns, axis=1) if columns else np.zeros((len(presence), 0), dtype=bool)
+
+
 def _case_shares(cases: np.ndarray) -> np.ndarray:
     """Per slice, (number of distinct cases) x (slices of the same case): its inverse gives each case 1 / cases."""
     _, inverse, counts = np.unique(cases, return_inverse=True, return_counts=True)

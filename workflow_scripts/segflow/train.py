@@ -38,6 +38,7 @@ from segflow.data import (
     class_balanced_weights,
     epoch_indices,
     lesion_bank,
+    region_presence,
     same_shape_batches,
 )
 from segflow.device import amp_dtype_for, autocast_for, pick_device
@@ -274,7 +275,7 @@ def _setup_round(
     loss_fn = build_loss(cfg, regions, n_classes).to(device)
     if cfg.get("dice_targets") == "regions":
         log.info("round %d: %s loss, Dice over the regions %s", round_index, cfg["loss"], ", ".join(regions))
-    weights = sampling_weights(train_set, cfg["class_balance"])
+    weights = sampling_weights(train_set, cfg["class_balance"], regions)
     if init_checkpoint is not None and cfg["hard_slice_boost"] > 0:
         whole = for_whole_slices(model, model_cfg(cfg))
         hard = hard_slice_weights(whole, train_set, loss_fn, cfg["batch_size"], device, dtype, cfg["hard_slice_boost"])
@@ -321,13 +322,19 @@ def weight_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def sampling_weights(train_set: SliceDataset, class_balance) -> np.ndarray | None:
-    """The slice weights of ``train.class_balance``: none (false), labels balanced over slices (true), or labels
-    balanced over the cases that show them and then over their slices (per_case)."""
+def sampling_weights(train_set: SliceDataset, class_balance, regions: dict | None = None) -> np.ndarray | None:
+    """The slice weights of ``train.class_balance``: none (false), labels balanced over slices (true), labels
+    balanced over the cases that show them and then over their slices (per_case), or ``regions`` ({name: label
+    values}, score.regions) balanced over slices (regions)."""
     if not class_balance:
         return None
+    presence = train_set.class_presence()
+    if class_balance == "regions":
+        if not regions:  # the rules pass score.regions with this setting; without them it would be plain true
+            raise ValueError("train.class_balance is regions but the round was given no score.regions")
+        return class_balanced_weights(region_presence(presence, regions))
     cases = train_set.item_cases() if class_balance == "per_case" else None
-    return class_balanced_weights(train_set.class_presence(), cases)
+    return class_balanced_weights(presence, cases)
 
 
 def lesions(train_set: SliceDataset, cfg: dict) -> list[dict]:
