@@ -94,13 +94,9 @@ def check_config(config: dict) -> None:
                 f"train.dice_targets is regions but train.loss is {train['loss']}, which has no Dice part to take "
                 "over the regions; choose train.loss dice or dice_ce, or set train.dice_targets to classes"
             )
-        if not score["regions"]:
-            raise ConfigError("train.dice_targets is regions but score.regions is empty; name the regions there")
-    if train["class_balance"] == "regions" and not score["regions"]:
-        raise ConfigError(
-            "train.class_balance is regions but score.regions is empty; name the regions there, or set "
-            "train.class_balance to true"
-        )
+    for key in ("dice_targets", "class_balance"):  # the training settings that read score.regions
+        if train[key] == "regions" and not score["regions"]:
+            raise ConfigError(f"train.{key} is regions but score.regions is empty; name the regions there")
     try:  # the first threshold candidates stand for all: names and the decoding are what can be wrong
         label_tree(config["infer"], score["regions"], n_classes(config), threshold_choices(config["infer"])[0])
     except ValueError as error:
