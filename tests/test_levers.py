@@ -27,7 +27,7 @@ from segflow.data import (
 )
 from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
 from segflow.labelsets import region_tree, seed_choices, threshold_choices
-from segflow.losses import RegionDiceLoss, build_loss
+from segflow.losses import CrossEntropy, RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.postprocess import STEPS
 from segflow.preflight import ConfigError
@@ -528,6 +528,67 @@ def test_region_loss_trains_and_refuses_what_cannot_work():
     with pytest.raises(ConfigError, match="train.dice_targets is regions but train.loss is ce"):
         check_config(config_with_defaults({"train": {"dice_targets": "regions", "loss": "ce"}}))
     check_config(config_with_defaults({"train": {"dice_targets": "regions"}}))
+
+
+def _two_class_logits(margins) -> torch.Tensor:
+    """(1, 2, 1, n) logits whose cross-entropy against class 0 at pixel i is softplus(margins[i])."""
+    margins = torch.tensor(margins, dtype=torch.float32)
+    return torch.stack([torch.zeros_like(margins), margins])[None, :, None, :]
+
+
+def test_top_fraction_averages_the_cross_entropy_over_the_hardest_pixels():
+    # Eight easy pixels (margin -6: CE 0.0025) and two confident errors (margins 4 and 2: CE 4.018 and 2.127).
+    margins = [-6.0] * 8 + [4.0, 2.0]
+    logits, target = _two_class_logits(margins), torch.zeros(1, 1, 1, 10, dtype=torch.long)
+    per_pixel = torch.nn.functional.softplus(torch.tensor(margins))
+    assert CrossEntropy()(logits, target).item() == pytest.approx(per_pixel.mean().item(), rel=1e-6)
+    # The plain mean dilutes the two errors five times over; the top 20 % is exactly those two.
+    assert CrossEntropy(0.2)(logits, target).item() == pytest.approx((4.018150 + 2.126928) / 2, rel=1e-5)
+    assert CrossEntropy(0.1)(logits, target).item() == pytest.approx(4.018150, rel=1e-5)
+    # The whole batch competes: a second sample of easy pixels only gives up its share.
+    batch = torch.cat([logits, _two_class_logits([-6.0] * 10)])
+    assert CrossEntropy(0.1)(batch, torch.zeros(2, 1, 1, 10, dtype=torch.long)).item() == pytest.approx(
+        (4.018150 + 2.126928) / 2, rel=1e-5
+    )
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="ce_top_fraction"):
+            CrossEntropy(bad)
+
+
+@pytest.mark.parametrize("dice_targets", ["classes", "regions"])
+def test_top_fraction_trains_beside_either_dice(dice_targets):
+    cfg = {**TRAIN, "context_slices": 1, "loss": "dice_ce", "dice_targets": dice_targets, "ce_top_fraction": 0.1}
+    loss_fn = build_loss(cfg, KITS_REGIONS, 4)
+    model = build_model(cfg, n_classes=4)
+    images, target = torch.rand(2, 1, 32, 32), torch.randint(0, 4, (2, 1, 32, 32))
+    loss = loss_fn(model(images), target)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # The Dice part is the same as without it; only the cross-entropy part grows (the hardest pixels' mean).
+    with torch.no_grad():
+        logits = model(images)
+        plain = build_loss({**cfg, "ce_top_fraction": 1.0}, KITS_REGIONS, 4)(logits, target)
+        dice_only = build_loss({**cfg, "loss": "dice", "ce_top_fraction": 1.0}, KITS_REGIONS, 4)(logits, target)
+        top = loss_fn(logits, target)
+    assert top - dice_only == pytest.approx(CrossEntropy(0.1)(logits, target).item(), rel=1e-4)
+    assert top > plain
+
+
+def test_top_fraction_needs_a_cross_entropy_part():
+    with pytest.raises(ValueError, match="train.loss 'dice' has no cross-entropy part"):
+        build_loss({**TRAIN, "loss": "dice", "ce_top_fraction": 0.1})
+    with pytest.raises(ConfigError, match="train.ce_top_fraction is 0.1 but train.loss is dice_focal"):
+        check_config(config_with_defaults({"train": {"loss": "dice_focal", "ce_top_fraction": 0.1}}))
+    check_config(config_with_defaults({"train": {"loss": "ce", "ce_top_fraction": 0.1}}))
+    assert config_with_defaults({})["train"]["ce_top_fraction"] == 1.0  # the default: the plain mean
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01])
+def test_top_fraction_outside_0_to_1_is_refused_by_the_schema(value):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="ce_top_fraction"):
+        config_with_defaults({"train": {"ce_top_fraction": value}})
 
 
 def _kidney_slice(kidney: float, tumour: float | None, tumour_box=(slice(14, 18), slice(20, 24))):

@@ -94,6 +94,11 @@ def check_config(config: dict) -> None:
                 f"train.dice_targets is regions but train.loss is {train['loss']}, which has no Dice part to take "
                 "over the regions; choose train.loss dice or dice_ce, or set train.dice_targets to classes"
             )
+    if train["ce_top_fraction"] < 1 and train["loss"] not in ("ce", "dice_ce"):
+        raise ConfigError(
+            f"train.ce_top_fraction is {train['ce_top_fraction']:g} but train.loss is {train['loss']}, which has no "
+            "cross-entropy part; choose train.loss ce or dice_ce, or set train.ce_top_fraction to 1"
+        )
     for key in ("dice_targets", "class_balance"):  # the training settings that read score.regions
         if train[key] == "regions" and not score["regions"]:
             raise ConfigError(f"train.{key} is regions but score.regions is empty; name the regions there")

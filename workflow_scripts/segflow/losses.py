@@ -12,6 +12,10 @@ changes, towards what is scored. nnU-Net trains KiTS on the same regions (with s
 false``), a region the crop does not show scores smooth / (predicted volume + smooth): about 0 at nnU-Net's 1e-5
 once more than a trace is predicted, so more false positives change nothing in the Dice and only the
 cross-entropy sees them; at 1 they cost Dice.
+
+``train.ce_top_fraction`` below 1 averages the cross-entropy over only that share of a batch's pixels, the ones it
+is highest on (nnU-Net's TopK loss; 0.1 is its TopK10). A confident false positive is one of those pixels, while
+with the plain mean it is diluted by the thousands of easy background pixels of its crop.
 """
 
 from __future__ import annotations
@@ -20,17 +24,27 @@ import torch
 
 LOSSES = ("ce", "dice", "dice_ce", "dice_focal")
 REGION_LOSSES = ("dice", "dice_ce")  # the losses whose Dice part train.dice_targets: regions can replace
+CE_LOSSES = ("ce", "dice_ce")  # the losses whose cross-entropy train.ce_top_fraction can narrow
 
 
 class CrossEntropy(torch.nn.Module):
-    """Cross-entropy with the (N, 1, H, W) integer targets the other MONAI losses take."""
+    """Cross-entropy with the (N, 1, H, W) integer targets the other MONAI losses take, averaged over the
+    ``top_fraction`` of the batch's pixels where it is highest (1: every pixel, the plain mean)."""
 
-    def __init__(self):
+    def __init__(self, top_fraction: float = 1.0):
         super().__init__()
-        self.loss = torch.nn.CrossEntropyLoss()
+        if not 0 < top_fraction <= 1:
+            raise ValueError(f"train.ce_top_fraction is {top_fraction}; it must be in (0, 1]")
+        self.top_fraction = float(top_fraction)
 
     def forward(self, logits, target):
-        return self.loss(logits, target[:, 0].long())
+        target = target[:, 0].long()
+        if self.top_fraction == 1.0:
+            return torch.nn.functional.cross_entropy(logits, target)
+        per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+        # The whole batch's pixels compete, as in nnU-Net: a crop full of easy background gives up its share.
+        k = max(1, int(per_pixel.numel() * self.top_fraction))
+        return per_pixel.flatten().topk(k, sorted=False).values.mean()
 
 
 class RegionDiceLoss(torch.nn.Module):
@@ -121,8 +135,12 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
     batch, smooth = bool(cfg["batch_dice"]), float(cfg["dice_smooth"])
+    top = float(cfg.get("ce_top_fraction", 1.0))
+    if top < 1.0 and name not in CE_LOSSES:
+        raise ValueError(f"train.ce_top_fraction is {top:g} but train.loss {name!r} has no cross-entropy part; "
+                         f"choose one of {', '.join(CE_LOSSES)} or set train.ce_top_fraction to 1")  # fmt: skip
     if cfg.get("dice_targets", "classes") == "regions":
-        return _region_loss(name, regions, n_classes, batch, smooth, dice_weight, other_weight)
+        return _region_loss(name, regions, n_classes, batch, smooth, dice_weight, other_weight, top)
     common = {
         "to_onehot_y": True,
         "softmax": True,
@@ -135,9 +153,11 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
     common["batch"] = batch
     if name == "ce":
-        return CrossEntropy()
+        return CrossEntropy(top)
     if name == "dice":
         return losses.DiceLoss(**common)
+    if name == "dice_ce" and top < 1.0:
+        return WeightedSum([(dice_weight, losses.DiceLoss(**common)), (other_weight, CrossEntropy(top))])
     if name == "dice_ce":
         return losses.DiceCELoss(**common, lambda_dice=dice_weight, lambda_ce=other_weight)
     if name == "dice_focal":
@@ -151,7 +171,9 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
-def _region_loss(name: str, regions, n_classes, batch: bool, smooth: float, dice_weight: float, ce_weight: float):
+def _region_loss(
+    name: str, regions, n_classes, batch: bool, smooth: float, dice_weight: float, ce_weight: float, top: float
+):
     if name not in REGION_LOSSES:
         raise ValueError(f"train.dice_targets regions replaces a Dice part; train.loss {name!r} has none or another "
                          f"(choose one of {', '.join(REGION_LOSSES)})")  # fmt: skip
@@ -159,4 +181,4 @@ def _region_loss(name: str, regions, n_classes, batch: bool, smooth: float, dice
         raise ValueError("train.dice_targets regions needs score.regions (region name -> label values)")
     dice = RegionDiceLoss(regions, n_classes, batch, smooth)
     # Cross-entropy stays over classes: the argmax that makes the label map needs the classes apart.
-    return dice if name == "dice" else WeightedSum([(dice_weight, dice), (ce_weight, CrossEntropy())])
+    return dice if name == "dice" else WeightedSum([(dice_weight, dice), (ce_weight, CrossEntropy(top))])
