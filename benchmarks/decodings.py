@@ -12,9 +12,9 @@ prediction time. The ``pipeline`` column marks the decoding the pipeline itself 
         --configfile config/config.yaml config/kits23.yaml config/kits23-cpu.yaml \\
             benchmarks/ablation/cpu_base.yaml benchmarks/ablation/c49_decode_regions.yaml --out decodings.tsv
 
-The post-processing steps (and the mass seed, ``infer.mass_seed``) are the ones the folder's select_model kept with
-its own decoding, applied to every decoding; deciding them again for each would predict the holdout again. Runs by
-hand, on the CPU or a GPU.
+The post-processing steps (and the mass seed, ``infer.mass_seed``, and the blur across slices,
+``infer.slice_sigma_mm``) are the ones the folder's select_model kept with its own decoding, applied to every
+decoding; deciding them again for each would predict the holdout again. Runs by hand, on the CPU or a GPU.
 """
 
 from __future__ import annotations
@@ -63,14 +63,23 @@ def decodings(infer: dict, chosen: dict) -> list[tuple[str, str, dict, bool]]:
 
 
 def score_case(
-    case: str, results: Path, models, checkpoint, config: dict, steps: list[str], ways, device, mass_seed=None
+    case: str,
+    results: Path,
+    models,
+    checkpoint,
+    config: dict,
+    steps: list[str],
+    ways,
+    device,
+    mass_seed=None,
+    slice_sigma_mm: float = 0.0,
 ) -> list[dict]:
-    """One test case decoded every way of ``ways`` (decodings()), seeded (``mass_seed``, best.json's),
-    post-processed and scored."""
+    """One test case blurred across slices (``slice_sigma_mm``, best.json's), decoded every way of ``ways``
+    (decodings()), seeded (``mass_seed``, best.json's), post-processed and scored."""
     import nibabel as nib
 
     from segflow.cases import load_case
-    from segflow.inference import case_probabilities, probability_labels
+    from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
     from segflow.io import read_json
     from segflow.labelsets import label_tree
     from segflow.postprocess import apply, mass_classes, seeded_masses
@@ -88,6 +97,7 @@ def score_case(
     meta = read_json(case_dir / "meta.json")
     infer, regions = config["infer"], config["score"]["regions"]
     probabilities = case_probabilities(models, image, checkpoint, infer, device)
+    probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
     meta["n_classes"] = probabilities.shape[1]
     reference = nib.load(str(results / "raw" / case / "segmentation.nii.gz"))
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])
@@ -132,16 +142,16 @@ def main(argv=None) -> None:
     steps, chosen = list(best.get("postprocess") or []), best.get("region_thresholds") or {}
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
     test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
-    seed = best.get("mass_seed")
+    seed, sigma = best.get("mass_seed"), best.get("slice_sigma_mm") or 0.0
     print(
         f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, mass seed {seed}, "
-        f"tta {config['infer']['tta']}"
+        f"blur across slices {sigma:g} mm, tta {config['infer']['tta']}"
     )
     ways = decodings(config["infer"], chosen)
     rows = []
     for case in test:
         start = time.time()
-        rows += score_case(case, results, models, checkpoint, config, steps, ways, device, seed)
+        rows += score_case(case, results, models, checkpoint, config, steps, ways, device, seed, sigma)
         dice = {r["decode"]: round(r["dice_tumor"], 3) for r in rows[-len(ways) :]}
         print(f"{case}: tumour Dice {dice} ({time.time() - start:.0f} s)", flush=True)
         table = pd.DataFrame(rows)

@@ -8,7 +8,10 @@ again: an hour a row at 512 x 512 on a CPU. This script predicts once and decide
 ``postprocess_cases``, on the preprocessed grid, where select_model decides) and the test cases (restored to the
 raw grid, as predict_case writes them), with the folder's model, TTA and way back, and saves each decoding of each
 case as a .npy label map under ``--out``: the regions (the presets' decoding) and the regions with each masses
-threshold of ``--masses-thresholds``. Cases already saved are skipped, so a stopped run resumes.
+threshold of ``--masses-thresholds`` and the regions of the softmax blurred across slices by each width of
+``--z-sigmas`` (mm, infer.slice_sigma_mm). ``--window-overlap`` predicts with other sliding windows than the
+checkpoint's train.window_overlap (an inference-only lever), and ``--keep-probabilities`` also saves the float16
+softmax on the preprocessed grid. Cases already saved are skipped, so a stopped run resumes.
 
 ``rows`` reads a YAML file of rows (``name: {candidates: [...], options: {step: {arg: value}}, decoding: ...,
 prune: bool}``), decides each row's steps on the saved holdout maps with segflow.postprocess.decide (select_model's
@@ -54,9 +57,15 @@ REFERENCE = "reference"  # the folder of the saved reference label maps, beside 
 PROBABILITIES = {"p_masses": (2, 3), "p_tumor": (2,)}
 
 
-def decoding_names(masses_thresholds: list[float]) -> list[tuple[str, dict]]:
-    """(folder name, infer.region_thresholds choice) of every decoding to save: the regions, then each threshold."""
-    return [("regions", {})] + [(f"masses{t:g}", {"masses": float(t)}) for t in masses_thresholds]
+def decoding_names(masses_thresholds: list[float], z_sigmas: list[float] = ()) -> list[tuple[str, dict, float]]:
+    """(folder name, infer.region_thresholds choice, z sigma in mm) of every decoding to save: the regions, then
+    each masses threshold, then the regions of the probabilities blurred across slices by each Gaussian sigma
+    (segflow.inference.smooth_across_slices, infer.slice_sigma_mm)."""
+    return (
+        [("regions", {}, 0.0)]
+        + [(f"masses{t:g}", {"masses": float(t)}, 0.0) for t in masses_thresholds]
+        + [(f"z{s:g}mm", {}, float(s)) for s in z_sigmas]
+    )
 
 
 def save_labels(args) -> None:
@@ -67,7 +76,7 @@ def save_labels(args) -> None:
     from segflow.cases import load_case
     from segflow.checkpoints import load_models
     from segflow.device import pick_device
-    from segflow.inference import case_probabilities, probability_labels
+    from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
     from segflow.io import read_json
     from segflow.labelsets import label_tree
     from segflow.restore import restore_probabilities, restore_region_probability
@@ -80,32 +89,40 @@ def save_labels(args) -> None:
         raise SystemExit("postprocess_rows.py decodes through the regions and restores probabilities, as the presets")
     device = pick_device(infer["device"], "infer.device")
     models, checkpoint = load_models(results / "train" / "best.pt", device)
+    if args.window_overlap is not None:  # an inference-only lever: the same weights, other windows
+        for model in models:
+            model.overlap = float(args.window_overlap)
     holdout = list(read_json(results / "train" / "best.json").get("postprocess_cases") or [])
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
     test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
-    ways = decoding_names(args.masses_thresholds)
-    folders = [REFERENCE, *PROBABILITIES, *(w for w, _ in ways)]
+    ways = decoding_names(args.masses_thresholds, args.z_sigmas)
+    folders = [REFERENCE, *PROBABILITIES, *(w for w, _, _ in ways)]
     for name in folders:
         (out / name).mkdir(parents=True, exist_ok=True)
-    print(f"{len(holdout)} holdout cases {holdout}, {len(test)} test cases, decodings {[w for w, _ in ways]}")
+    print(f"{len(holdout)} holdout cases {holdout}, {len(test)} test cases, decodings {[w for w, _, _ in ways]}")
     for case in holdout + test:
         if all((out / name / f"{case}.npy").exists() for name in folders):
             continue
         start = time.time()
         image, label = load_case(results / "preprocessed" / case)
         probabilities = case_probabilities(models, image, checkpoint, infer, device)
+        network_s = time.time() - start
+        if args.keep_probabilities:  # float16 on the preprocessed grid: later decodings without the network
+            (out / "probabilities").mkdir(exist_ok=True)
+            np.save(out / "probabilities" / f"{case}.npy", probabilities)
+        meta = read_json(results / "preprocessed" / case / "meta.json")
+        meta["n_classes"] = probabilities.shape[1]
         if case in holdout:  # select_model decides on the preprocessed grid, against its labels
             reference = np.asarray(label)
         else:
             reference = np.asarray(nib.load(str(results / "raw" / case / "segmentation.nii.gz")).dataobj)
-            meta = read_json(results / "preprocessed" / case / "meta.json")
-            meta["n_classes"] = probabilities.shape[1]
-        for name, thresholds in ways:
+        for name, thresholds, sigma in ways:
             tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
+            source = smooth_across_slices(probabilities, sigma, slice_spacing(meta)) if sigma else probabilities
             if case in holdout:
-                labels = probability_labels(probabilities, tree)
+                labels = probability_labels(source, tree)
             else:
-                labels = restore_probabilities(probabilities, meta, tree)
+                labels = restore_probabilities(source, meta, tree)
             np.save(out / name / f"{case}.npy", labels.astype(np.uint8))
         for name, classes in PROBABILITIES.items():
             if case in holdout:
@@ -115,7 +132,7 @@ def save_labels(args) -> None:
                 region = restore_region_probability(probabilities, meta, classes)
             np.save(out / name / f"{case}.npy", region)
         np.save(out / REFERENCE / f"{case}.npy", reference.astype(np.uint8))
-        print(f"{case}: {time.time() - start:.0f} s", flush=True)
+        print(f"{case}: {len(image)} slices, network {network_s:.0f} s, all {time.time() - start:.0f} s", flush=True)
     listing = {"holdout": holdout, "test": test, "spacing": {}}
     for case in test:  # headers only: cases saved by an earlier, stopped run count too
         zooms = nib.load(str(results / "raw" / case / "segmentation.nii.gz")).header.get_zooms()[:3]
@@ -234,6 +251,9 @@ def main(argv=None) -> None:
     labels.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
     labels.add_argument("--out", required=True, help="folder of the saved label maps")
     labels.add_argument("--masses-thresholds", nargs="*", type=float, default=[0.4, 0.3])
+    labels.add_argument("--z-sigmas", nargs="*", type=float, default=[], help="mm: decodings smoothed across slices")
+    labels.add_argument("--window-overlap", type=float, help="instead of the checkpoint's train.window_overlap")
+    labels.add_argument("--keep-probabilities", action="store_true", help="save the float16 probabilities too")
     labels.add_argument("--threads", type=int, default=2)
     rows = commands.add_parser("rows", help="decide each row's steps on the holdout maps and score the test maps")
     rows.add_argument("--labels", required=True, help="the folder of `labels`")

@@ -25,8 +25,15 @@ from segflow.data import (
     same_shape_batches,
     slice_shape,
 )
-from segflow.inference import TTA_FLIPS, decode_labels, predict_probabilities, probability_labels
-from segflow.labelsets import region_tree, seed_choices, threshold_choices
+from segflow.inference import (
+    TTA_FLIPS,
+    decode_labels,
+    predict_probabilities,
+    probability_labels,
+    slice_spacing,
+    smooth_across_slices,
+)
+from segflow.labelsets import region_tree, seed_choices, sigma_choices, threshold_choices
 from segflow.losses import CrossEntropy, RegionDiceLoss, build_loss
 from segflow.models import SlidingWindow, build_model, for_whole_slices
 from segflow.postprocess import STEPS
@@ -323,6 +330,42 @@ class Asymmetric(torch.nn.Module):
     def forward(self, x):
         ramp = torch.linspace(0, 1, x.shape[-1])[None, None, None, :].expand(x.shape[0], 1, x.shape[2], -1)
         return torch.cat([x[:, :1] * 0, x[:, :1] * 4 + ramp], dim=1)
+
+
+def test_blur_across_slices_fades_a_one_slice_mass_keeps_sums_and_is_in_mm():
+    probabilities = np.zeros((21, 2, 3, 3), dtype=np.float16)
+    probabilities[:, 0] = 1
+    probabilities[10, :, 1, 1] = (0.2, 0.8)  # one slice alone calls pixel (1, 1) class 1
+    assert smooth_across_slices(probabilities, 0, 3.0) is probabilities  # 0 mm: as it is, no copy
+    blurred = smooth_across_slices(probabilities, 3.0, 3.0)
+    assert blurred.dtype == np.float16 and blurred.shape == probabilities.shape
+    assert blurred[10, 1, 1, 1] < 0.5 < probabilities[10, 1, 1, 1]  # its neighbours outvote it
+    assert 0 < blurred[9, 1, 1, 1] == blurred[11, 1, 1, 1] and blurred[5, 1, 1, 1] == 0  # 3 sigma: no further
+    np.testing.assert_allclose(blurred.astype(np.float32).sum(axis=1), 1, atol=1e-3)
+    np.testing.assert_allclose(blurred[:, :, 0, 0], probabilities[:, :, 0, 0], atol=1e-3)  # steady: unchanged
+    # The width is in mm: 3 mm over 3 mm slices blurs as 1 mm over 1 mm slices, and more than 3 mm over 6 mm.
+    np.testing.assert_array_equal(blurred, smooth_across_slices(probabilities, 1.0, 1.0))
+    assert smooth_across_slices(probabilities, 3.0, 6.0)[10, 1, 1, 1] > blurred[10, 1, 1, 1]
+    with pytest.raises(ValueError, match="slice spacing 0 mm"):
+        smooth_across_slices(probabilities, 1.0, 0)
+    assert sigma_choices({"slice_sigma_mm": []}) == [0.0] and sigma_choices({"slice_sigma_mm": [0, 3]}) == [0, 3.0]
+    assert config_with_defaults()["infer"]["slice_sigma_mm"] == []  # the schema's default: no blur
+
+
+@pytest.mark.parametrize("value", [-1, "3 mm", 2])
+def test_blur_widths_are_a_list_of_non_negative_mm_for_the_schema(value):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="slice_sigma_mm"):
+        config_with_defaults({"infer": {"slice_sigma_mm": value if value == 2 else [value]}})
+
+
+def test_slice_spacing_is_the_preprocessed_grids(tmp_path):
+    image, seg = write_case(tmp_path / "raw", spacing=(2.0, 2.0, 5.0))
+    native = preprocess_case(image, seg, tmp_path / "a", {**DEFAULTS, "size": [16, 16]})
+    assert slice_spacing(native) == pytest.approx(5.0)
+    resampled = preprocess_case(image, seg, tmp_path / "b", {**DEFAULTS, "size": [16, 16], "spacing": [2, 2, 2.5]})
+    assert resampled["n_slices"] > native["n_slices"] and slice_spacing(resampled) == pytest.approx(2.5)
 
 
 def test_mirroring_is_undone_before_averaging():

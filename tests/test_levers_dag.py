@@ -41,6 +41,7 @@ LEVERS = {
         "decode": "regions",
         "region_thresholds": {"masses": [0.5, 0.3]},
         "mass_seed": [0, 0.9],
+        "slice_sigma_mm": [0, 8],
     },
 }
 
@@ -67,11 +68,14 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
     # Round 1 started from round 0, which trained on round 1's validation patients: only the holdout is unseen.
     split_1 = json.loads((results / "train/round_1/split.json").read_text())
     assert summary["postprocess_cases"] == split_1["holdout"] and split_1["holdout"]
-    # Both masses thresholds were tried on those cases with both mass seeds, each with its own post-processing.
+    # Both masses thresholds were tried on those cases with both mass seeds and both blurs across slices, each
+    # with its own post-processing.
     assert summary["region_thresholds"]["masses"] in (0.5, 0.3) and summary["mass_seed"] in (0, 0.9)
+    assert summary["slice_sigma_mm"] in (0, 8)
     tried = {row["decoding"] for row in summary["threshold_table"]}
-    assert tried == {f"masses {t}, mass seed {s}" for t in (0.5, 0.3) for s in (0, 0.9)}
-    assert sum(row["chosen"] for row in summary["threshold_table"]) == len(summary["threshold_table"]) // 4
+    blurs = ("", ", slices blurred 8 mm")
+    assert tried == {f"masses {t}, mass seed {s}{b}" for t in (0.5, 0.3) for s in (0, 0.9) for b in blurs}
+    assert sum(row["chosen"] for row in summary["threshold_table"]) == len(summary["threshold_table"]) // 8
     for round_index in (0, 1):
         log = (results / "logs/train_round" / f"round_{round_index}.log").read_text()
         assert "dice_ce loss, Dice over the regions kidney_and_masses, masses, tumor" in log
@@ -89,8 +93,10 @@ def test_every_lever_runs_through_the_real_dag(tmp_path):
         assert saved.shape == raw.shape and np.array_equal(saved.affine, raw.affine)
         log = (results / "logs/predict_case" / f"{case}.log").read_text()
         assert "2 model(s), tta True, restore probabilities, decode regions (thresholds {'masses'" in log
-        assert f", mass seed {summary['mass_seed']:g}, post-processing" in log
-    assert (results / "report/report.html").exists()
+        blurred = f", slices blurred {summary['slice_sigma_mm']:g} mm" if summary["slice_sigma_mm"] else ""
+        assert f", mass seed {summary['mass_seed']:g}{blurred}, post-processing" in log
+    kept = "softmax blurred across slices by 8 mm" if summary["slice_sigma_mm"] else "no blur across slices"
+    assert f"{kept} (of 0, 8 mm)" in (results / "report/report.html").read_text()
     check_paired_decodings(workdir, tmp_path / "decodings.tsv")
     # Changing only the way back reruns prediction and what follows it, never training.
     (workdir / "config" / "labels.yaml").write_text(yaml.safe_dump({"infer": {"tta": True, "restore": "labels"}}))

@@ -259,3 +259,9 @@ def test_inference_line_says_where_post_processing_was_decided():
         inference_line(seeded, infer)
     )
     assert "; every mass kept (mass seed 0); post-processing" in inference_line({**best, "mass_seed": 0.0}, infer)
+    blur = {**infer, "slice_sigma_mm": [0, 1.5, 3]}
+    assert "; softmax blurred across slices by 3 mm (of 0, 1.5, 3 mm); post-processing" in (
+        inference_line({**best, "slice_sigma_mm": 3.0}, blur)
+    )
+    assert "; no blur across slices (of 0, 1.5, 3 mm)" in inference_line({**best, "slice_sigma_mm": 0.0}, blur)
+    assert "blur" not in inference_line(best, infer)  # no candidates: nothing to say

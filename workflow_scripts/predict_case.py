@@ -18,6 +18,7 @@ def main(smk):
         smk.params.regions,
         summary.get("region_thresholds") or {},
         summary.get("mass_seed"),
+        summary.get("slice_sigma_mm") or 0.0,  # best.json from before infer.slice_sigma_mm: no blur
     )
 
 

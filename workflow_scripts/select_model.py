@@ -1,6 +1,6 @@
 """Rule select_model: compare every round on the fixed holdout, keep the best round (or an ensemble of the best
-rounds), and decide the post-processing (and infer.region_thresholds) on the holdout or on every case the kept
-model never trained on."""
+rounds), and decide the post-processing (and infer.region_thresholds, infer.mass_seed and infer.slice_sigma_mm)
+on the holdout or on every case the kept model never trained on."""
 
 import logging
 from pathlib import Path
@@ -71,6 +71,7 @@ def main(smk):
             "postprocess_cases": decision["cases"],
             "region_thresholds": decision["thresholds"],
             "mass_seed": decision["mass_seed"],
+            "slice_sigma_mm": decision["slice_sigma_mm"],
             "threshold_table": decision["threshold_table"],
         },
     )

@@ -117,6 +117,34 @@ def _thresholded_shares(scores: torch.Tensor, thresholds: list) -> torch.Tensor:
     return adjusted
 
 
+def slice_spacing(meta: dict) -> float:
+    """The distance (mm) between a preprocessed case's slices, from its meta.json: the oriented grid's slice
+    spacing, times the resampling's step along the slices where preprocess.spacing resampled the case."""
+    spacing = float(meta["oriented_spacing"][meta["slice_dim"]])
+    resampling = meta.get("resampling")
+    return spacing * abs(float(resampling["scale"][0])) if resampling else spacing
+
+
+def smooth_across_slices(probabilities_zchw: np.ndarray, sigma_mm: float, spacing_mm: float) -> np.ndarray:
+    """The (Z, C, H, W) probabilities blurred along Z by a Gaussian of ``sigma_mm`` (``infer.slice_sigma_mm``;
+    the end slices repeat past the edges); the input itself when ``sigma_mm`` is 0.
+
+    A 2D network decides each slice alone: a false mass in one slice or a gap in a lesion's run of slices is
+    what the neighbouring slices can outvote. The blur is linear with weights summing to one, so every voxel's
+    probabilities still sum to one."""
+    if not sigma_mm:
+        return probabilities_zchw
+    if spacing_mm <= 0:
+        raise ValueError(f"slice spacing {spacing_mm} mm: cannot blur across slices by {sigma_mm} mm")
+    from scipy.ndimage import gaussian_filter1d
+
+    out = np.empty_like(probabilities_zchw)
+    for c in range(probabilities_zchw.shape[1]):  # one float32 class map at a time bounds the memory
+        channel = np.asarray(probabilities_zchw[:, c], dtype=np.float32)
+        out[:, c] = gaussian_filter1d(channel, sigma_mm / spacing_mm, axis=0, mode="nearest", truncate=3.0)
+    return out
+
+
 def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:
     """Mean softmax (Z, C, H, W) over a preprocessed image: slice by slice (2D), or by sliding window over the
     volume for 3D checkpoints (segflow.volumes, ``infer.overlap``)."""

@@ -128,6 +128,11 @@ def seed_choices(infer: dict) -> list[float | None]:
     return [float(peak) for peak in infer.get("mass_seed") or []] or [None]
 
 
+def sigma_choices(infer: dict) -> list[float]:
+    """``infer.slice_sigma_mm``'s candidate blurs across slices in order, [0.0] (none) without candidates."""
+    return [float(sigma) for sigma in infer.get("slice_sigma_mm") or []] or [0.0]
+
+
 def threshold_name(thresholds: dict) -> str:
     """A threshold combination as text ("masses 0.4"), the name select_model's threshold_table gives it."""
     return ", ".join(f"{name} {value:g}" for name, value in thresholds.items()) or "no thresholds"

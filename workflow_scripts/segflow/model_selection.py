@@ -1,7 +1,7 @@
 """Choosing among the trained rounds (select_model): every round's best model on the fixed holdout, the round (or
-the best rounds, for an ensemble) to keep, and the post-processing steps and region thresholds
-(``infer.region_thresholds``) that help on the fixed holdout, or on every trainval case the kept model never
-trained on (``train.postprocess_on``)."""
+the best rounds, for an ensemble) to keep, and the post-processing steps, region thresholds
+(``infer.region_thresholds``), mass seed and blur across slices (``infer.slice_sigma_mm``) that help on the fixed
+holdout, or on every trainval case the kept model never trained on (``train.postprocess_on``)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,9 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
-from segflow.inference import case_probabilities, probability_labels
-from segflow.labelsets import label_tree, seed_choices, threshold_choices, threshold_name
+from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
+from segflow.io import read_json
+from segflow.labelsets import label_tree, seed_choices, sigma_choices, threshold_choices, threshold_name
 from segflow.losses import build_loss
 from segflow.train import Scores, evaluate
 
@@ -135,36 +136,43 @@ def decide_postprocessing(
     threads: int = 1,
     prune: bool = False,
 ) -> dict:
-    """Which post-processing steps, and which of ``infer.region_thresholds``' and ``infer.mass_seed``'s candidates,
-    help on ``case_dirs``: cases the model never trained on (nnU-Net decides on its cross-validation's predictions
-    the same way).
+    """Which post-processing steps, and which of ``infer.region_thresholds``', ``infer.mass_seed``'s and
+    ``infer.slice_sigma_mm``'s candidates, help on ``case_dirs``: cases the model never trained on (nnU-Net
+    decides on its cross-validation's predictions the same way).
 
     The cases are predicted once on the preprocessed grid, where their reference labels are, with the same
-    ensemble, mirroring and decoding as the test cases, and decoded with every threshold combination and seed;
-    each decoding gets its own post-processing decision (segflow.postprocess.decide_with_decodings; ``prune``:
-    train.postprocess_prune). Returns ``{"steps", "table", "cases", "thresholds", "mass_seed", "threshold_table"}``;
-    ``thresholds`` and ``mass_seed`` are the first candidates when there is no case to decide on.
+    ensemble, mirroring and decoding as the test cases, and decoded with every blur, threshold combination and
+    seed; each decoding gets its own post-processing decision (segflow.postprocess.decide_with_decodings;
+    ``prune``: train.postprocess_prune). Returns ``{"steps", "table", "cases", "thresholds", "mass_seed",
+    "slice_sigma_mm", "threshold_table"}``; the choices are the first candidates when there is no case to decide on.
     """
-    from segflow.postprocess import decide_with_decodings, mass_classes, seeded_masses
+    from segflow.postprocess import decide_with_decodings
 
-    choices = [(t, seed) for t in threshold_choices(infer) for seed in seed_choices(infer)]
-    first_thresholds, first_seed = choices[0]
+    choices = [
+        (t, seed, sigma)
+        for sigma in sigma_choices(infer)
+        for t in threshold_choices(infer)
+        for seed in seed_choices(infer)
+    ]
+    first_thresholds, first_seed, first_sigma = choices[0]
     undecided = {
         "steps": [],
         "table": [],
         "cases": [],
         "thresholds": first_thresholds,
         "mass_seed": first_seed,
+        "slice_sigma_mm": first_sigma,
         "threshold_table": [],
     }
     if not case_dirs or (not candidates and len(choices) == 1):
         if not case_dirs and (candidates or len(choices) > 1):
             log.warning(
-                "train.postprocess / infer.region_thresholds / infer.mass_seed: no case to decide on (set "
-                "train.holdout_fraction above 0, or train.postprocess_on to unseen); no post-processing, "
-                "thresholds %s, mass seed %s",
+                "train.postprocess / infer.region_thresholds / infer.mass_seed / infer.slice_sigma_mm: no case to "
+                "decide on (set train.holdout_fraction above 0, or train.postprocess_on to unseen); no "
+                "post-processing, thresholds %s, mass seed %s, blur %g mm",
                 first_thresholds or "none",
                 first_seed,
+                first_sigma,
             )
         return undecided
     torch.set_num_threads(max(1, threads))
@@ -179,20 +187,18 @@ def decide_postprocessing(
         for case_dir in case_dirs:
             image, label = load_case(case_dir)
             probabilities = case_probabilities(models, image, checkpoint, infer, device)
-            masses = None
-            if any(seed is not None for _, seed in choices):
-                classes = mass_classes(probabilities.shape[1])
-                masses = np.asarray(probabilities[:, classes], dtype=np.float32).sum(axis=1)
+            spacing = slice_spacing(read_json(Path(case_dir) / "meta.json"))
             saved = Path(scratch) / Path(case_dir).name
-            for index, (thresholds, seed) in enumerate(choices):
-                tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
-                labels = probability_labels(probabilities, tree)
-                if seed is not None:
-                    labels = seeded_masses(labels, masses, seed)
-                decoded[index].append(_saved(f"{saved}_{index}.npy", labels))
+            for sigma in sigma_choices(infer):  # one blurred copy at a time, decoded every way
+                blurred = smooth_across_slices(probabilities, sigma, spacing)
+                for index, choice in enumerate(choices):
+                    if choice[2] == sigma:
+                        labels = _decode(blurred, choice, infer, regions)
+                        decoded[index].append(_saved(f"{saved}_{index}.npy", labels))
+                del blurred
             references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
-            del probabilities, masses
-        named = [(decoding_name(t, seed), labels) for (t, seed), labels in zip(choices, decoded)]
+            del probabilities
+        named = [(decoding_name(*choice), labels) for choice, labels in zip(choices, decoded)]
         index, steps, table, threshold_table = decide_with_decodings(
             named, references, list(candidates), region_sets, prune=prune
         )
@@ -210,13 +216,28 @@ def decide_postprocessing(
         "cases": [Path(d).name for d in case_dirs],
         "thresholds": choices[index][0],
         "mass_seed": choices[index][1],
+        "slice_sigma_mm": choices[index][2],
         "threshold_table": threshold_table if len(choices) > 1 else [],
     }
 
 
-def decoding_name(thresholds: dict, seed: float | None) -> str:
-    """A decoding as the threshold table names it: "masses 0.4" or "no thresholds", and ", mass seed 0.9"."""
-    return threshold_name(thresholds) + ("" if seed is None else f", mass seed {seed:g}")
+def _decode(probabilities: np.ndarray, choice: tuple, infer: dict, regions: dict) -> np.ndarray:
+    """Labels of one (thresholds, mass seed, blur) choice from probabilities already blurred by it."""
+    from segflow.postprocess import mass_classes, seeded_masses
+
+    thresholds, seed, _ = choice
+    labels = probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1], thresholds))
+    if seed is None:
+        return labels
+    masses = np.asarray(probabilities[:, mass_classes(probabilities.shape[1])], dtype=np.float32).sum(axis=1)
+    return seeded_masses(labels, masses, seed)
+
+
+def decoding_name(thresholds: dict, seed: float | None, sigma_mm: float = 0.0) -> str:
+    """A decoding as the threshold table names it: "masses 0.4" or "no thresholds", then ", mass seed 0.9" and
+    ", slices blurred 3 mm" where they apply."""
+    name = threshold_name(thresholds) + ("" if seed is None else f", mass seed {seed:g}")
+    return name + (f", slices blurred {sigma_mm:g} mm" if sigma_mm else "")
 
 
 def _saved(path: str, labels: np.ndarray):

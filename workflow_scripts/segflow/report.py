@@ -223,6 +223,11 @@ def inference_line(best: dict, infer: dict) -> str:
         seed = best["mass_seed"]
         way_back += f"; masses need a voxel of probability {seed:g}" if seed else "; every mass kept (mass seed 0)"
         way_back += f" (of {tried} decodings)" if tried > 1 and not decoding else ""
+    if infer.get("slice_sigma_mm"):  # candidates were tried: say which blur across slices the holdout kept
+        sigma = best.get("slice_sigma_mm") or 0
+        candidates = ", ".join(f"{float(v):g}" for v in infer["slice_sigma_mm"])
+        kept = f"softmax blurred across slices by {sigma:g} mm" if sigma else "no blur across slices"
+        way_back += f"; {kept} (of {candidates} mm)"
     return f"{models}; {mirroring}; {way_back}; post-processing: {post}"
 
 
