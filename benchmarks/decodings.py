@@ -97,7 +97,8 @@ def score_case(
     meta = read_json(case_dir / "meta.json")
     infer, regions = config["infer"], config["score"]["regions"]
     probabilities = case_probabilities(models, image, checkpoint, infer, device)
-    probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
+    if slice_sigma_mm:
+        probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
     meta["n_classes"] = probabilities.shape[1]
     reference = nib.load(str(results / "raw" / case / "segmentation.nii.gz"))
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])

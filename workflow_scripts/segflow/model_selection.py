@@ -187,9 +187,9 @@ def decide_postprocessing(
         for case_dir in case_dirs:
             image, label = load_case(case_dir)
             probabilities = case_probabilities(models, image, checkpoint, infer, device)
-            spacing = slice_spacing(read_json(Path(case_dir) / "meta.json"))
             saved = Path(scratch) / Path(case_dir).name
             for sigma in sigma_choices(infer):  # one blurred copy at a time, decoded every way
+                spacing = slice_spacing(read_json(Path(case_dir) / "meta.json")) if sigma else 0.0
                 blurred = smooth_across_slices(probabilities, sigma, spacing)
                 for index, choice in enumerate(choices):
                     if choice[2] == sigma:

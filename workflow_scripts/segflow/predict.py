@@ -51,7 +51,8 @@ def predict_volume(
     meta = read_json(Path(case_dir) / "meta.json")
     checkpoint = context if isinstance(context, dict) else {"context_slices": context}
     probabilities = case_probabilities(models, image, checkpoint, infer, device)
-    probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
+    if slice_sigma_mm:
+        probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
     meta["n_classes"] = probabilities.shape[1]
     tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
     if infer["restore"] == "probabilities":
