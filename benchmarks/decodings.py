@@ -120,29 +120,49 @@ def score_case(
     return rows
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", required=True, help="a finished results folder (train/best.pt, selection)")
-    parser.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
-    parser.add_argument("--out", required=True, help="per-case scores, one row per case and decoding (TSV)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-
+def load_folder(results: Path, configfile: list[str], threads: int) -> dict:
+    """What a paired benchmark needs of a finished results folder: its merged ``config``, the ``device``, the
+    selected ``models`` and their ``checkpoint`` dictionary, select_model's ``best`` (best.json) and its ``test``
+    case ids (selected, split test)."""
     import torch
 
     from segflow.checkpoints import load_models
     from segflow.device import pick_device
     from segflow.io import read_json
 
-    torch.set_num_threads(args.threads)
-    results = Path(args.results)
-    config = load_config(args.configfile)
+    torch.set_num_threads(threads)
+    config = load_config(configfile)
     device = pick_device(config["infer"]["device"], "infer.device")
     models, checkpoint = load_models(results / "train" / "best.pt", device)
-    best = read_json(results / "train" / "best.json")
-    steps, chosen = list(best.get("postprocess") or []), best.get("region_thresholds") or {}
     cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
-    test = cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
+    return {
+        "config": config,
+        "device": device,
+        "models": models,
+        "checkpoint": checkpoint,
+        "best": read_json(results / "train" / "best.json"),
+        "test": cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist(),
+    }
+
+
+def folder_arguments(parser: argparse.ArgumentParser, rows: str) -> None:
+    """The options of a paired benchmark over a finished results folder (load_folder); ``rows``: one row per what."""
+    parser.add_argument("--results", required=True, help="a finished results folder (train/best.pt, selection)")
+    parser.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
+    parser.add_argument("--out", required=True, help=f"per-case scores, one row per case and {rows} (TSV)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    folder_arguments(parser, "decoding")
+    args = parser.parse_args(argv)
+
+    results = Path(args.results)
+    folder = load_folder(results, args.configfile, args.threads)
+    config, device, models, checkpoint = (folder[k] for k in ("config", "device", "models", "checkpoint"))
+    best, test = folder["best"], folder["test"]
+    steps, chosen = list(best.get("postprocess") or []), best.get("region_thresholds") or {}
     seed, sigma = best.get("mass_seed"), best.get("slice_sigma_mm") or 0.0
     print(
         f"{len(test)} test cases, post-processing {steps}, thresholds {chosen}, mass seed {seed}, "

@@ -31,39 +31,30 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def main(argv=None) -> None:
+    from decodings import folder_arguments, load_folder
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", required=True, help="a finished results folder (train/best.pt, best.json)")
-    parser.add_argument("--configfile", nargs="+", required=True, help="the config files the folder was run with")
+    folder_arguments(parser, "overlap")
     parser.add_argument("--overlaps", nargs="+", type=float, required=True, help="window overlaps in [0, 1)")
     parser.add_argument("--cases", nargs="*", help="test cases to predict (default: every test case)")
-    parser.add_argument("--out", required=True, help="per-case scores, one row per case and overlap (TSV)")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
     import nibabel as nib
-    import torch
-    from decodings import load_config
 
-    from segflow.checkpoints import load_models
-    from segflow.device import pick_device
     from segflow.io import read_json
     from segflow.postprocess import apply
     from segflow.predict import predict_volume
     from segflow.score import score_arrays
 
-    torch.set_num_threads(args.threads)
     results = Path(args.results)
-    config = load_config(args.configfile)
-    infer, regions = config["infer"], config["score"]["regions"]
-    device = pick_device(infer["device"], "infer.device")
-    models, checkpoint = load_models(results / "train" / "best.pt", device)
+    folder = load_folder(results, args.configfile, args.threads)
+    config, device, models, checkpoint = (folder[k] for k in ("config", "device", "models", "checkpoint"))
+    infer, regions, best = config["infer"], config["score"]["regions"], folder["best"]
     if not all(hasattr(model, "overlap") for model in models):
         raise SystemExit(f"{results}/train/best.pt predicts whole slices, not in windows: no overlap to change")
-    best = read_json(results / "train" / "best.json")
     steps = list(best.get("postprocess") or [])
     chosen = (best.get("region_thresholds") or {}, best.get("mass_seed"), best.get("slice_sigma_mm") or 0.0)
-    cases = pd.read_csv(results / "selection" / "cases.tsv", sep="\t")
-    test = args.cases or cases[(cases["split"] == "test") & cases["selected"]]["case_id"].tolist()
+    test = args.cases or folder["test"]
     print(f"{len(test)} test cases, overlaps {args.overlaps}, post-processing {steps}, decoding {chosen}")
     rows = []
     for case in test:
