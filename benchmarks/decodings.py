@@ -79,7 +79,7 @@ def score_case(
     import nibabel as nib
 
     from segflow.cases import load_case
-    from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
+    from segflow.inference import blur_case, case_probabilities, probability_labels
     from segflow.io import read_json
     from segflow.labelsets import label_tree
     from segflow.postprocess import apply, mass_classes, seeded_masses
@@ -96,9 +96,7 @@ def score_case(
     image, _ = load_case(case_dir)
     meta = read_json(case_dir / "meta.json")
     infer, regions = config["infer"], config["score"]["regions"]
-    probabilities = case_probabilities(models, image, checkpoint, infer, device)
-    if slice_sigma_mm:
-        probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
+    probabilities = blur_case(case_probabilities(models, image, checkpoint, infer, device), slice_sigma_mm, meta)
     meta["n_classes"] = probabilities.shape[1]
     reference = nib.load(str(results / "raw" / case / "segmentation.nii.gz"))
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3])

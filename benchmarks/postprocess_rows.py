@@ -76,7 +76,7 @@ def save_labels(args) -> None:
     from segflow.cases import load_case
     from segflow.checkpoints import load_models
     from segflow.device import pick_device
-    from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
+    from segflow.inference import blur_case, case_probabilities, probability_labels
     from segflow.io import read_json
     from segflow.labelsets import label_tree
     from segflow.restore import restore_probabilities, restore_region_probability
@@ -118,7 +118,7 @@ def save_labels(args) -> None:
             reference = np.asarray(nib.load(str(results / "raw" / case / "segmentation.nii.gz")).dataobj)
         for name, thresholds, sigma in ways:
             tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
-            source = smooth_across_slices(probabilities, sigma, slice_spacing(meta)) if sigma else probabilities
+            source = blur_case(probabilities, sigma, meta)
             if case in holdout:
                 labels = probability_labels(source, tree)
             else:

@@ -145,6 +145,11 @@ def smooth_across_slices(probabilities_zchw: np.ndarray, sigma_mm: float, spacin
     return out
 
 
+def blur_case(probabilities_zchw: np.ndarray, sigma_mm: float, meta: dict) -> np.ndarray:
+    """smooth_across_slices over one case's slice spacing (its meta.json), read only when there is a blur."""
+    return smooth_across_slices(probabilities_zchw, sigma_mm, slice_spacing(meta)) if sigma_mm else probabilities_zchw
+
+
 def case_probabilities(models, image, checkpoint: dict, infer: dict, device: torch.device) -> np.ndarray:
     """Mean softmax (Z, C, H, W) over a preprocessed image: slice by slice (2D), or by sliding window over the
     volume for 3D checkpoints (segflow.volumes, ``infer.overlap``)."""

@@ -19,7 +19,7 @@ from segflow.cases import load_case
 from segflow.checkpoints import load_model, load_models
 from segflow.data import SliceDataset
 from segflow.device import amp_dtype_for, pick_device
-from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
+from segflow.inference import blur_case, case_probabilities, probability_labels
 from segflow.io import read_json
 from segflow.labelsets import label_tree, seed_choices, sigma_choices, threshold_choices, threshold_name
 from segflow.losses import build_loss
@@ -146,7 +146,7 @@ def decide_postprocessing(
     ``prune``: train.postprocess_prune). Returns ``{"steps", "table", "cases", "thresholds", "mass_seed",
     "slice_sigma_mm", "threshold_table"}``; the choices are the first candidates when there is no case to decide on.
     """
-    from segflow.postprocess import decide_with_decodings
+    from segflow.postprocess import decide_with_decodings, mass_classes
 
     choices = [
         (t, seed, sigma)
@@ -187,15 +187,18 @@ def decide_postprocessing(
         for case_dir in case_dirs:
             image, label = load_case(case_dir)
             probabilities = case_probabilities(models, image, checkpoint, infer, device)
+            meta = read_json(Path(case_dir) / "meta.json")
             saved = Path(scratch) / Path(case_dir).name
             for sigma in sigma_choices(infer):  # one blurred copy at a time, decoded every way
-                spacing = slice_spacing(read_json(Path(case_dir) / "meta.json")) if sigma else 0.0
-                blurred = smooth_across_slices(probabilities, sigma, spacing)
+                blurred = blur_case(probabilities, sigma, meta)
+                masses = None  # the masses' probability, once per copy, for the seeds
+                if any(seed is not None for _, seed, _ in choices):
+                    masses = np.asarray(blurred[:, mass_classes(blurred.shape[1])], dtype=np.float32).sum(axis=1)
                 for index, choice in enumerate(choices):
                     if choice[2] == sigma:
-                        labels = _decode(blurred, choice, infer, regions)
+                        labels = _decode(blurred, masses, choice, infer, regions)
                         decoded[index].append(_saved(f"{saved}_{index}.npy", labels))
-                del blurred
+                del blurred, masses
             references.append(_saved(f"{saved}_reference.npy", np.asarray(label)))
             del probabilities
         named = [(decoding_name(*choice), labels) for choice, labels in zip(choices, decoded)]
@@ -221,16 +224,14 @@ def decide_postprocessing(
     }
 
 
-def _decode(probabilities: np.ndarray, choice: tuple, infer: dict, regions: dict) -> np.ndarray:
-    """Labels of one (thresholds, mass seed, blur) choice from probabilities already blurred by it."""
-    from segflow.postprocess import mass_classes, seeded_masses
+def _decode(probabilities: np.ndarray, masses, choice: tuple, infer: dict, regions: dict) -> np.ndarray:
+    """Labels of one (thresholds, mass seed, blur) choice from probabilities already blurred by it (``masses``:
+    their masses' probability, needed with a seed)."""
+    from segflow.postprocess import seeded_masses
 
     thresholds, seed, _ = choice
     labels = probability_labels(probabilities, label_tree(infer, regions, probabilities.shape[1], thresholds))
-    if seed is None:
-        return labels
-    masses = np.asarray(probabilities[:, mass_classes(probabilities.shape[1])], dtype=np.float32).sum(axis=1)
-    return seeded_masses(labels, masses, seed)
+    return labels if seed is None else seeded_masses(labels, masses, seed)
 
 
 def decoding_name(thresholds: dict, seed: float | None, sigma_mm: float = 0.0) -> str:

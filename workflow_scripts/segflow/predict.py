@@ -19,7 +19,7 @@ import torch
 from segflow.cases import load_case
 from segflow.checkpoints import load_models
 from segflow.device import pick_device
-from segflow.inference import case_probabilities, probability_labels, slice_spacing, smooth_across_slices
+from segflow.inference import blur_case, case_probabilities, probability_labels
 from segflow.io import read_json, save_nifti
 from segflow.labelsets import label_tree
 from segflow.postprocess import apply as apply_postprocessing
@@ -50,9 +50,7 @@ def predict_volume(
     image, _ = load_case(case_dir)
     meta = read_json(Path(case_dir) / "meta.json")
     checkpoint = context if isinstance(context, dict) else {"context_slices": context}
-    probabilities = case_probabilities(models, image, checkpoint, infer, device)
-    if slice_sigma_mm:
-        probabilities = smooth_across_slices(probabilities, slice_sigma_mm, slice_spacing(meta))
+    probabilities = blur_case(case_probabilities(models, image, checkpoint, infer, device), slice_sigma_mm, meta)
     meta["n_classes"] = probabilities.shape[1]
     tree = label_tree(infer, regions, probabilities.shape[1], thresholds)
     if infer["restore"] == "probabilities":
