@@ -84,6 +84,51 @@ def test_training_crops_keep_full_resolution_pixels(tmp_path):
     assert dataset[0]["image"].shape == (3, 16, 16)  # no labels: a random crop, no error
 
 
+def test_crop_centres_from_counted_class_pixels_are_monais_own():
+    # ClassPixelsd lists only the class a centre is drawn from; the crops must be those of MONAI listing every
+    # class's pixels itself, draw for draw: slices with all classes, with one missing, without labels, and with a
+    # value above the classes (listed by none), on a slice larger than the crop and one smaller (padded).
+    from monai.transforms import Compose, RandCropByLabelClassesd, SpatialPadd
+
+    from segflow.data import ClassPixelsd
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((1, 48, 40), np.int64)
+    label[0, 5:30, 8:33], label[0, 12:15, 20:22], label[0, 25:28, 10:12] = 1, 2, 3
+    no_cyst, empty, stray = np.where(label == 3, 1, label), np.zeros_like(label), np.where(label == 3, 7, label)
+    small = label[:, :12, :12]
+
+    def chain(listed_by_segflow: bool):
+        crop = {"indices_key": ClassPixelsd.key} if listed_by_segflow else {}
+        steps = [SpatialPadd(keys=["image", "label"], spatial_size=[16, 16])]
+        steps += [ClassPixelsd(4)] if listed_by_segflow else []
+        steps.append(
+            RandCropByLabelClassesd(
+                keys=["image", "label"],
+                label_key="label",
+                spatial_size=[16, 16],
+                ratios=[1e-6, 1, 1, 1],
+                num_classes=4,
+                num_samples=1,
+                allow_smaller=True,
+                warn=False,
+                **crop,
+            )
+        )
+        transform = Compose(steps)
+        transform.set_random_state(seed=3)
+        return transform
+
+    ours, monais = chain(True), chain(False)
+    for slice_label in [label, no_cyst, empty, stray, small] * 40:
+        sample = {"image": rng.random(slice_label.shape, dtype=np.float32), "label": slice_label}
+        a, b = ours(dict(sample))[0], monais(dict(sample))[0]
+        assert ClassPixelsd.key not in a
+        assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+        assert np.array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
+    assert "ClassPixelsd" in [type(t).__name__ for t in build_augmentation({"enabled": False}, [16, 16]).transforms]
+
+
 def test_crops_of_labelled_slices_are_centred_on_a_label_each_label_equally():
     # A 64x64 slice: a large kidney and a small tumour. The crop centre is pixel (8, 8) of the 16x16 crop.
     label = np.zeros((1, 64, 64), np.int64)

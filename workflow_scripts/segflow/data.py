@@ -289,16 +289,56 @@ class LesionPaste(Randomizable):
     def __call__(self, sample: dict) -> dict:
         label = _plain(sample["label"])[0].numpy()
         host = label == self.host_label
-        ys, xs = np.nonzero(host)
-        self.randomize(len(ys))
+        # Counted first and listed only for a paste (three slices in ten): listing them is most of the test.
+        self.randomize(int(np.count_nonzero(host)))
         if not self._do:
             return sample
         image = _plain(sample["image"]).numpy().astype(np.float32)  # a copy: the cached slice stays as it was
+        ys, xs = np.nonzero(host)
         centre = (ys[self._centre], xs[self._centre])
         pasted_image, pasted_label = paste_cut(
             image, label, self._cut, centre, host_mean(image, host), self._flips, self._scale
         )
         return {**sample, "image": torch.from_numpy(pasted_image), "label": torch.from_numpy(pasted_label)[None]}
+
+
+class ClassPixels:
+    """The flat indices of one class's pixels in a label map, as MONAI's ``map_classes_to_indices`` lists them,
+    but counted up front and listed only when a crop centre is drawn from them (see ``ClassPixelsd``)."""
+
+    def __init__(self, flat_labels: np.ndarray, value: int, count: int):
+        self.flat_labels, self.value, self.count = flat_labels, value, count
+        self._indices = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, k):
+        if self._indices is None:
+            self._indices = np.flatnonzero(self.flat_labels == self.value)
+        return self._indices[k]
+
+
+class ClassPixelsd:
+    """Each class's pixels of a sample's label, for ``RandCropByLabelClassesd(indices_key=ClassPixelsd.key)``.
+
+    MONAI lists every class's pixels before it draws a crop centre: on a 512 x 512 slice that is four passes and a
+    quarter of a million background indices, a third of a training sample's augmentation time, for one centre
+    drawn from one class. MONAI needs each class's count to weigh the classes and the indices of the class it drew
+    from only; ``ClassPixels`` counts all classes in one pass and lists the drawn one, so the random draws, the
+    centres and the crops are MONAI's own (tests/test_levers.py)."""
+
+    key = "label_class_pixels"
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+
+    def __call__(self, sample: dict) -> dict:
+        flat = np.asarray(_plain(sample["label"])).reshape(-1)
+        # Labels are class numbers (>= 0); one above the classes is listed by no class, as MONAI lists it.
+        counts = np.bincount(flat.astype(np.intp, copy=False), minlength=self.n_classes)
+        pixels = [ClassPixels(flat, value, int(counts[value])) for value in range(self.n_classes)]
+        return {**sample, self.key: pixels}
 
 
 def paste_cut(
@@ -380,6 +420,7 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
         # Slices of cases on their own grid (preprocess.size: null) may be smaller than a crop; padding them with
         # 0 (below the window) and background first keeps every crop, and so every batch, one size.
         steps.append(SpatialPadd(keys=["image", "label"], spatial_size=list(patch_size)))
+        steps.append(ClassPixelsd(n_classes))
         # A class missing from a slice has its ratio set to 0 for that slice, the right fallback; MONAI warns
         # about it on every such slice.
         warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples", category=UserWarning)
@@ -398,6 +439,7 @@ def build_augmentation(cfg: dict, patch_size=None, n_classes: int = 4, lesions: 
                 num_samples=1,
                 allow_smaller=True,
                 warn=False,
+                indices_key=ClassPixelsd.key,
             )
         )
     if not cfg["enabled"]:
