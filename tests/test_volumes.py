@@ -91,6 +91,33 @@ def test_every_3d_model_takes_a_step_on_patches(model):
     out.mean().backward()
 
 
+def test_patches_from_counted_class_voxels_are_monais_own():
+    # segflow.volumes lists only the class each patch centre is drawn from (ClassPixelsd); the patches, two a
+    # volume, must be those of MONAI listing every class's voxels of the whole volume itself.
+    import copy
+
+    from monai.transforms import Compose
+
+    from segflow.data import untracked_meta
+    from segflow.volumes import crop_transform
+
+    rng = np.random.default_rng(1)
+    label = np.zeros((1, 20, 40, 36), np.int64)
+    label[0, 4:16, 8:30, 6:28], label[0, 8:11, 12:16, 10:13], label[0, 14:16, 20:22, 20:22] = 1, 2, 3
+    ours = crop_transform((8, 16, 16), 0.67, 4, num_samples=2)
+    monais = copy.deepcopy(ours)
+    monais = Compose([t for t in monais.transforms if type(t).__name__ != "ClassPixelsd"])
+    monais.transforms[-1].indices_key = None
+    ours.set_random_state(seed=2)
+    monais.set_random_state(seed=2)
+    with untracked_meta():
+        for volume_label in [label, np.where(label == 3, 0, label)] * 10:
+            sample = {"image": torch.from_numpy(rng.random(label.shape, dtype=np.float32)), "label": volume_label}
+            for a, b in zip(ours(dict(sample)), monais(dict(sample)), strict=True):
+                assert torch.equal(torch.as_tensor(a["image"]), torch.as_tensor(b["image"]))
+                assert torch.equal(torch.as_tensor(a["label"]), torch.as_tensor(b["label"]))
+
+
 @pytest.mark.parametrize("width", [4, 16])  # ScaledVNet, and MONAI's own VNet at its published width
 def test_vnet_follows_train_norm_and_train_dropout(width):
     cfg = {**CONFIG["train"], "channels": [width, 2 * width], "dropout": 0.0}

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from segflow.cases import load_case
-from segflow.data import scanner_augmentation, untracked_meta
+from segflow.data import ClassPixelsd, scanner_augmentation, untracked_meta
 
 # Patches per validation volume: one centred on each label and one on background when the volume has them.
 VALIDATION_PATCHES_PER_CLASS = 1
@@ -35,9 +35,10 @@ def crop_transform(patch_size, foreground_fraction: float, n_classes: int, num_s
     keys = ["image", "label"]
     return Compose([
         SpatialPadd(keys=keys, spatial_size=list(patch_size), mode="constant"),
+        ClassPixelsd(n_classes),  # MONAI would list every class's voxels of the whole volume for each patch
         RandCropByLabelClassesd(
             keys=keys, label_key="label", spatial_size=list(patch_size), ratios=ratios, num_classes=n_classes,
-            num_samples=num_samples, warn=False,
+            num_samples=num_samples, warn=False, indices_key=ClassPixelsd.key,
         ),
     ])  # fmt: skip
 
