@@ -324,9 +324,10 @@ class ClassPixelsd:
 
     MONAI lists every class's pixels before it draws a crop centre: on a 512 x 512 slice that is four passes and a
     quarter of a million background indices, a third of a training sample's augmentation time, for one centre
-    drawn from one class. MONAI needs each class's count to weigh the classes and the indices of the class it drew
-    from only; ``ClassPixels`` counts all classes in one pass and lists the drawn one, so the random draws, the
-    centres and the crops are MONAI's own (tests/test_levers.py)."""
+    drawn from one class (3D: every voxel of the volume, for each patch). MONAI needs each class's count to weigh
+    the classes, and the indices of the class it drew from only; this counts all classes in one pass and lists a
+    class only when a centre is drawn from it (``ClassPixels``), so the random draws, the centres and the crops are
+    MONAI's own (tests/test_levers.py, tests/test_volumes.py)."""
 
     key = "label_class_pixels"
 
