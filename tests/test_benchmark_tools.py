@@ -1,9 +1,17 @@
-"""The benchmark's error analysis (benchmarks/quality.py errors) on hand-made label maps."""
+"""The benchmark's error analysis (benchmarks/quality.py errors) on hand-made label maps, and the augmentation
+timer (benchmarks/augment_speed.py) on a preprocessed case."""
 
 import importlib.util
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
+from helpers import config_with_defaults, write_case
+
+from segflow.preprocess import preprocess_case
 
 QUALITY = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
@@ -57,3 +65,24 @@ def test_mass_components_group_tumour_and_cyst_and_show_the_reference_under_them
         {"voxels": 6, "tumour": 4, "cyst": 2, "truth": [0, 2, 4, 0]},
         {"voxels": 1, "tumour": 1, "cyst": 0, "truth": [0, 1, 0, 0]},
     ]
+
+
+def test_augment_speed_times_the_training_chain_and_saves_its_samples(tmp_path):
+    image, seg = write_case(tmp_path / "raw", shape=(32, 32, 8))
+    preprocess_case(image, seg, tmp_path / "preprocessed" / "case_a", config_with_defaults()["preprocess"])
+    config = tmp_path / "crops.yaml"
+    config.write_text(yaml.safe_dump({"train": {"patch_size": [16, 16]}}))
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "augment_speed.py"
+    arguments = ["--cases", str(tmp_path / "preprocessed"), "--configfile", str(config), "--samples", "12"]
+    runs = []
+    for name in ("first", "second"):  # one seed, the same samples
+        saved = tmp_path / f"{name}.npz"
+        done = subprocess.run(
+            [sys.executable, str(script), *arguments, "--save", str(saved)], capture_output=True, text=True, check=True
+        )
+        runs.append((json.loads(done.stdout.strip().splitlines()[-1]), np.load(saved)))
+    (figures, samples), (_, again) = runs
+    assert figures["cases"] == 1 and figures["slices"] == 8 and figures["samples"] == 12
+    assert figures["ms_per_sample"] > 0 and figures["epoch_s"] > 0
+    assert samples["image"].shape == (12, 1, 16, 16) and samples["label"].shape == (12, 1, 16, 16)
+    assert np.array_equal(samples["image"], again["image"]) and np.array_equal(samples["label"], again["label"])
