@@ -23,25 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "workflow_scripts"))
 
+from decodings import load_config  # noqa: E402  (the config files merged as Snakemake merges them)
+
 from segflow.data import SliceDataset, build_augmentation, epoch_indices  # noqa: E402
 from segflow.labelsets import n_classes  # noqa: E402
 from segflow.train import lesions, sampling_weights  # noqa: E402
-
-
-def train_config(files: list[str]) -> dict:
-    """The train section of config/config.yaml under ``files``, with the schema's defaults filled in."""
-    from snakemake.utils import update_config, validate
-
-    config: dict = {}
-    for path in [REPO / "config" / "config.yaml", *files]:
-        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
-    validate(config, str(REPO / "config" / "schema.yaml"))
-    return config
 
 
 def main() -> None:
@@ -55,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    config = train_config(args.configfile)
+    config = load_config([str(REPO / "config" / "config.yaml"), *args.configfile])
     train = config["train"]
     case_dirs = sorted(p for p in Path(args.cases).iterdir() if p.is_dir())[: args.max_cases or None]
     started = time.perf_counter()
