@@ -1057,6 +1057,59 @@ def test_per_case_lesion_paste_draws_each_cases_lesions_equally_often():
     assert built.transforms[0].cut_weights == pytest.approx(per_case_cut_weights(bank))
 
 
+@pytest.mark.parametrize("dice_targets", ["classes", "regions"])
+def test_batch_dice_both_is_the_mean_of_the_pooled_and_the_per_crop_dice(dice_targets):
+    # Crop 0 shows only kidney, and the network calls 4 or 100 of its pixels tumour. Crop 1 shows a found tumour.
+    target = torch.zeros(2, 1, 32, 32, dtype=torch.long)
+    target[:, 0, 4:28, 4:28] = 1
+    target[1, 0, 8:24, 8:24] = 2
+    few, many = target[:, 0].clone(), target[:, 0].clone()
+    few[0, 10:12, 10:12] = 2
+    many[0, 10:20, 10:20] = 2
+    cfg = {**TRAIN, "loss": "dice", "dice_targets": dice_targets}
+
+    def loss(batch_dice, predicted):
+        return build_loss({**cfg, "batch_dice": batch_dice}, KITS_REGIONS, 4)(
+            confident_logits(predicted), target
+        ).item()
+
+    for predicted in (few, many):
+        assert loss("both", predicted) == pytest.approx((loss(True, predicted) + loss(False, predicted)) / 2, abs=1e-6)
+
+    # Per crop, 100 false tumour pixels on the crop without tumour cost the tumour's Dice nothing more than 4 do
+    # (over classes the kidney's Dice loses the pixels); pooled, and so with both, they cost.
+    def cost(batch_dice):
+        return loss(batch_dice, many) - loss(batch_dice, few)
+
+    assert cost("both") > cost(False) + 0.02
+    if dice_targets == "regions":  # kidney+masses keeps those pixels
+        assert cost(False) == pytest.approx(0, abs=1e-3)
+    # With a cross-entropy part, both takes the place of the Dice part alone.
+    with_ce = build_loss({**cfg, "loss": "dice_ce", "batch_dice": "both"}, KITS_REGIONS, 4)(
+        confident_logits(many), target
+    )
+    assert with_ce.item() == pytest.approx(
+        loss("both", many) + CrossEntropy()(confident_logits(many), target).item(), abs=1e-5
+    )
+
+
+def test_batch_dice_both_needs_a_dice_part():
+    with pytest.raises(ValueError, match="train.batch_dice both needs train.loss dice or dice_ce"):
+        build_loss({**TRAIN, "loss": "dice_focal", "batch_dice": "both"})
+    with pytest.raises(ConfigError, match="train.batch_dice is both but train.loss is ce"):
+        check_config(config_with_defaults({"train": {"loss": "ce", "batch_dice": "both"}}))
+    check_config(config_with_defaults({"train": {"loss": "dice_ce", "batch_dice": "both"}}))
+    with pytest.raises(ValueError, match="train.batch_dice is 'pooled'"):
+        build_loss({**TRAIN, "loss": "dice", "batch_dice": "pooled"})
+
+
+def test_batch_dice_other_strings_are_refused_by_the_schema():
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError, match="batch_dice"):
+        config_with_defaults({"train": {"batch_dice": "pooled"}})
+
+
 def test_dice_smooth_makes_false_positives_in_a_crop_without_the_region_cost():
     # Crop 0 shows only kidney, and the network calls 4 or 100 of its pixels tumour. Crop 1 shows a found tumour.
     target = torch.zeros(2, 1, 32, 32, dtype=torch.long)

@@ -99,6 +99,11 @@ def check_config(config: dict) -> None:
             f"train.ce_top_fraction is {train['ce_top_fraction']:g} but train.loss is {train['loss']}, which has no "
             "cross-entropy part; choose train.loss ce or dice_ce, or set train.ce_top_fraction to 1"
         )
+    if train["batch_dice"] == "both" and train["loss"] not in ("dice", "dice_ce"):
+        raise ConfigError(
+            f"train.batch_dice is both but train.loss is {train['loss']}, which has no Dice part to take per crop and "
+            "pooled; choose train.loss dice or dice_ce, or set train.batch_dice to true or false"
+        )
     for key in ("dice_targets", "class_balance"):  # the training settings that read score.regions
         if train[key] == "regions" and not score["regions"]:
             raise ConfigError(f"train.{key} is regions but score.regions is empty; name the regions there")

@@ -13,6 +13,10 @@ false``), a region the crop does not show scores smooth / (predicted volume + sm
 once more than a trace is predicted, so more false positives change nothing in the Dice and only the
 cross-entropy sees them; at 1 they cost Dice.
 
+``train.batch_dice: both`` takes the mean of the two Dice losses, per crop and pooled over the batch. The Dice per
+crop weighs a small lesion as much as a large one; the pooled Dice adds a crop's false positives to the batch's
+denominator, so they cost even on a crop without the region, where the Dice per crop cannot see them.
+
 ``train.ce_top_fraction`` below 1 averages the cross-entropy over only that share of a batch's pixels, the ones it
 is highest on (nnU-Net's TopK loss; 0.1 is its TopK10). A confident false positive is one of those pixels, while
 with the plain mean it is diluted by the thousands of easy background pixels of its crop.
@@ -50,12 +54,13 @@ class CrossEntropy(torch.nn.Module):
 class RegionDiceLoss(torch.nn.Module):
     """1 - mean soft Dice over regions, each region's probability the sum of its member classes' softmax.
 
-    ``regions``: {name: [label values]}. With ``batch`` the intersections and volumes are pooled over the batch
-    (nnU-Net's batch Dice), else each sample scores alone and the mean is taken over samples and regions.
-    ``smooth`` is added to each Dice's numerator and denominator (``train.dice_smooth``).
+    ``regions``: {name: [label values]}. With ``batch`` true the intersections and volumes are pooled over the
+    batch (nnU-Net's batch Dice), with false each sample scores alone and the mean is taken over samples and
+    regions, and with ``"both"`` the loss is the mean of the two. ``smooth`` is added to each Dice's numerator
+    and denominator (``train.dice_smooth``).
     """
 
-    def __init__(self, regions: dict, n_classes: int, batch: bool = True, smooth: float = 1e-5):
+    def __init__(self, regions: dict, n_classes: int, batch: bool | str = True, smooth: float = 1e-5):
         super().__init__()
         membership = torch.zeros(len(regions), n_classes)
         for row, (name, members) in enumerate(regions.items()):
@@ -71,9 +76,16 @@ class RegionDiceLoss(torch.nn.Module):
         onehot = torch.nn.functional.one_hot(target[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
         predicted = torch.einsum("nc...,rc->nr...", probability, self.membership)
         reference = torch.einsum("nc...,rc->nr...", onehot, self.membership)
-        dims = (0, *range(2, logits.dim())) if self.batch else tuple(range(2, logits.dim()))
-        intersection = (predicted * reference).sum(dims)
-        volume = predicted.sum(dims) + reference.sum(dims)
+        # Sums per sample and region first: the pooled Dice is their sum over the batch.
+        spatial = tuple(range(2, logits.dim()))
+        intersection, volume = (predicted * reference).sum(spatial), (predicted + reference).sum(spatial)
+        per_sample = self._dice_loss(intersection, volume)
+        pooled = self._dice_loss(intersection.sum(0), volume.sum(0))
+        if self.batch == "both":
+            return 0.5 * (per_sample + pooled)
+        return pooled if self.batch else per_sample
+
+    def _dice_loss(self, intersection: torch.Tensor, volume: torch.Tensor) -> torch.Tensor:
         return 1.0 - ((2.0 * intersection + self.smooth) / (volume + self.smooth)).mean()
 
 
@@ -134,7 +146,7 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     name = cfg["loss"]
     weights = cfg["loss_weights"]
     dice_weight, other_weight = float(weights.get("dice", 1.0)), float(weights.get("ce", weights.get("focal", 1.0)))
-    batch, smooth = bool(cfg["batch_dice"]), float(cfg["dice_smooth"])
+    batch, smooth = _batch_dice(cfg["batch_dice"]), float(cfg["dice_smooth"])
     top = float(cfg.get("ce_top_fraction", 1.0))
     if top < 1.0 and name not in CE_LOSSES:
         raise ValueError(f"train.ce_top_fraction is {top:g} but train.loss {name!r} has no cross-entropy part; "
@@ -151,9 +163,17 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
     # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
     # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
-    common["batch"] = batch
     if name == "ce":
         return CrossEntropy(top)
+    if name in ("dice", "dice_ce") and batch == "both":
+        both = WeightedSum(
+            [(0.5, losses.DiceLoss(**common, batch=False)), (0.5, losses.DiceLoss(**common, batch=True))]
+        )
+        return both if name == "dice" else WeightedSum([(dice_weight, both), (other_weight, CrossEntropy(top))])
+    if batch == "both":
+        raise ValueError(f"train.batch_dice both needs train.loss dice or dice_ce (the Dice losses it averages), "
+                         f"not {name!r}")  # fmt: skip
+    common["batch"] = batch
     if name == "dice":
         return losses.DiceLoss(**common)
     if name == "dice_ce" and top < 1.0:
@@ -171,8 +191,15 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
     raise ValueError(f"unknown train.loss {name!r}; choose one of {', '.join(LOSSES)}")
 
 
+def _batch_dice(value) -> bool | str:
+    """``train.batch_dice``: true (pooled), false (per sample) or ``"both"`` (their mean)."""
+    if value == "both" or isinstance(value, bool):
+        return value
+    raise ValueError(f"train.batch_dice is {value!r}; it must be true, false or both")
+
+
 def _region_loss(
-    name: str, regions, n_classes, batch: bool, smooth: float, dice_weight: float, ce_weight: float, top: float
+    name: str, regions, n_classes, batch: bool | str, smooth: float, dice_weight: float, ce_weight: float, top: float
 ):
     if name not in REGION_LOSSES:
         raise ValueError(f"train.dice_targets regions replaces a Dice part; train.loss {name!r} has none or another "
