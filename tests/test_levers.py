@@ -1057,15 +1057,21 @@ def test_per_case_lesion_paste_draws_each_cases_lesions_equally_often():
     assert built.transforms[0].cut_weights == pytest.approx(per_case_cut_weights(bank))
 
 
-@pytest.mark.parametrize("dice_targets", ["classes", "regions"])
-def test_batch_dice_both_is_the_mean_of_the_pooled_and_the_per_crop_dice(dice_targets):
-    # Crop 0 shows only kidney, and the network calls 4 or 100 of its pixels tumour. Crop 1 shows a found tumour.
+def _false_tumour_on_a_kidney_crop():
+    """Crop 0 shows only kidney, and the network calls 4 (``few``) or 100 (``many``) of its pixels tumour; crop 1
+    shows a found tumour. Returns the (2, 1, 32, 32) target and the two predicted label maps (2, 32, 32)."""
     target = torch.zeros(2, 1, 32, 32, dtype=torch.long)
     target[:, 0, 4:28, 4:28] = 1
     target[1, 0, 8:24, 8:24] = 2
     few, many = target[:, 0].clone(), target[:, 0].clone()
     few[0, 10:12, 10:12] = 2
     many[0, 10:20, 10:20] = 2
+    return target, few, many
+
+
+@pytest.mark.parametrize("dice_targets", ["classes", "regions"])
+def test_batch_dice_both_is_the_mean_of_the_pooled_and_the_per_crop_dice(dice_targets):
+    target, few, many = _false_tumour_on_a_kidney_crop()
     cfg = {**TRAIN, "loss": "dice", "dice_targets": dice_targets}
 
     def loss(batch_dice, predicted):
@@ -1111,13 +1117,7 @@ def test_batch_dice_other_strings_are_refused_by_the_schema():
 
 
 def test_dice_smooth_makes_false_positives_in_a_crop_without_the_region_cost():
-    # Crop 0 shows only kidney, and the network calls 4 or 100 of its pixels tumour. Crop 1 shows a found tumour.
-    target = torch.zeros(2, 1, 32, 32, dtype=torch.long)
-    target[:, 0, 4:28, 4:28] = 1
-    target[1, 0, 8:24, 8:24] = 2
-    few, many = target[:, 0].clone(), target[:, 0].clone()
-    few[0, 10:12, 10:12] = 2
-    many[0, 10:20, 10:20] = 2
+    target, few, many = _false_tumour_on_a_kidney_crop()
     cfg = {**TRAIN, "loss": "dice", "dice_targets": "regions", "batch_dice": False}
 
     def loss(smooth, predicted, crop):
