@@ -160,19 +160,19 @@ def _loss(cfg: dict, regions: dict | None, n_classes: int | None) -> torch.nn.Mo
         "smooth_nr": smooth,
         "smooth_dr": smooth,
     }
-    # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
-    # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
-    # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
     if name == "ce":
         return CrossEntropy(top)
-    if name in ("dice", "dice_ce") and batch == "both":
+    if batch == "both":
+        if name not in ("dice", "dice_ce"):
+            raise ValueError(f"train.batch_dice both needs train.loss dice or dice_ce (the Dice losses it averages), "
+                             f"not {name!r}")  # fmt: skip
         both = WeightedSum(
             [(0.5, losses.DiceLoss(**common, batch=False)), (0.5, losses.DiceLoss(**common, batch=True))]
         )
         return both if name == "dice" else WeightedSum([(dice_weight, both), (other_weight, CrossEntropy(top))])
-    if batch == "both":
-        raise ValueError(f"train.batch_dice both needs train.loss dice or dice_ce (the Dice losses it averages), "
-                         f"not {name!r}")  # fmt: skip
+    # Batch Dice (nnU-Net's choice for 2D) pools each class over the whole batch: a slice without that class then
+    # adds its false positives to the pool instead of scoring a Dice of 0 or 1 on its own, which makes the loss,
+    # and the validation loss that picks the best epoch, far less noisy on mostly empty slices.
     common["batch"] = batch
     if name == "dice":
         return losses.DiceLoss(**common)
